@@ -1,0 +1,1 @@
+"""Composition-1k data: reading the release, composing the test set, training datasets, the demo set."""

@@ -1,0 +1,165 @@
+"""Image files in and out, with one-line errors that name the file.
+
+Every reader returns numpy ``uint8`` arrays in RGB order (never OpenCV's BGR), so nothing downstream has to
+remember which library read the file:
+
+- ``read_rgb(path)``: (H, W, 3) uint8 in [0, 255]. Grayscale is repeated to 3 channels; an alpha channel is
+  dropped (composited images carry no useful alpha); 16-bit is rejected unless ``allow_16bit``.
+- ``read_gray(path)``: (H, W) uint8. A 3/4-channel file uses channel 0, as the Composition-1k
+  alphas require (some test alphas are saved with 3 identical channels).
+- ``read_trimap(path)``: (H, W) uint8 with values exactly {0, 128, 255}; near values (127, 129, JPEG noise) are
+  mapped by thresholds (< 85 -> 0, > 170 -> 255, else 128) with a warning.
+- ``write_png(path, array)``: atomic (temporary file + rename), so an interrupted run never leaves a truncated PNG.
+
+16-bit and palette PNGs are rejected by default because they silently change values: a 16-bit alpha read as
+8-bit by a careless reader is off by 256x, a palette PNG's indices are not grey levels.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import warnings
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from matting.errors import MattingError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+# PNG colour types (IHDR byte 25): 3 = indexed (palette).
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_PALETTE = 3
+
+
+def png_header(path: str | os.PathLike) -> tuple[int, int] | None:
+    """Returns (bit_depth, colour_type) of a PNG file, or None if the file is not a PNG."""
+    with open(path, "rb") as f:
+        head = f.read(26)
+    if len(head) < 26 or not head.startswith(_PNG_SIGNATURE):
+        return None
+    bit_depth, colour_type = struct.unpack(">BB", head[24:26])
+    return bit_depth, colour_type
+
+
+def _imread(path: str | os.PathLike, *, allow_palette: bool) -> np.ndarray:
+    p = Path(path)
+    if not p.is_file():
+        raise MattingError(f"{p}: file not found")
+    header = png_header(p)
+    if header is not None and header[1] == _PNG_PALETTE and not allow_palette:
+        raise MattingError(f"{p}: palette (indexed-colour) PNG; save it as 8-bit grayscale or RGB")
+    img = cv2.imread(str(p), cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise MattingError(f"{p}: not a readable image (corrupt or unsupported format)")
+    return img
+
+
+def _to_uint8(img: np.ndarray, path: str | os.PathLike, allow_16bit: bool) -> np.ndarray:
+    if img.dtype == np.uint8:
+        return img
+    if img.dtype == np.uint16:
+        if not allow_16bit:
+            raise MattingError(f"{path}: 16-bit image; 8-bit (0..255) is required here")
+        # 65535 / 257 = 255 exactly, so full-range values map to full range.
+        return np.round(img.astype(np.float32) / 257.0).astype(np.uint8)
+    raise MattingError(f"{path}: unsupported pixel type {img.dtype}; 8-bit (0..255) is required")
+
+
+def read_rgb(path: str | os.PathLike, *, allow_16bit: bool = False) -> np.ndarray:
+    """Reads a colour image. Returns (H, W, 3) uint8 RGB in [0, 255].
+
+    Grayscale inputs are repeated to three channels; a 4th (alpha) channel is dropped.
+    """
+    img = _to_uint8(_imread(path, allow_palette=True), path, allow_16bit)
+    if img.ndim == 2:
+        return np.repeat(img[:, :, None], 3, axis=2)
+    if img.shape[2] == 4:
+        img = img[:, :, :3]
+    elif img.shape[2] == 1:
+        return np.repeat(img, 3, axis=2)
+    return np.ascontiguousarray(img[:, :, ::-1])
+
+
+def read_gray(path: str | os.PathLike, *, allow_16bit: bool = False, allow_palette: bool = False) -> np.ndarray:
+    """Reads a single-channel 8-bit image such as an alpha matte. Returns (H, W) uint8 in [0, 255].
+
+    Multi-channel files use channel 0 (OpenCV's B = the file's first channel for RGB-saved grey mattes, whose
+    channels are identical), which is what the official Composition-1k tools do.
+    """
+    img = _to_uint8(_imread(path, allow_palette=allow_palette), path, allow_16bit)
+    if img.ndim == 3:
+        # OpenCV returns BGR(A); the file's channel 0 (R) is the last of the three colour channels.
+        img = img[:, :, 2] if img.shape[2] >= 3 else img[:, :, 0]
+    return np.ascontiguousarray(img)
+
+
+def normalize_trimap(trimap: np.ndarray, name: str | os.PathLike = "trimap") -> np.ndarray:
+    """Maps a trimap to exactly {0, 128, 255}: < 85 -> 0, > 170 -> 255, else 128.
+
+    Args:
+        trimap: (H, W) uint8.
+        name: the file name used in the warning when values had to be mapped.
+    Returns:
+        (H, W) uint8 with values in {0, 128, 255}.
+    """
+    if trimap.ndim != 2:
+        raise MattingError(f"{name}: trimap must be single-channel, got shape {trimap.shape}")
+    out = np.full_like(trimap, 128)
+    out[trimap < 85] = 0
+    out[trimap > 170] = 255
+    odd = (trimap != out).sum()
+    if odd:
+        warnings.warn(
+            f"{name}: {int(odd)} trimap pixels are not 0/128/255; mapped them by thresholds <85 / >170",
+            stacklevel=2,
+        )
+    return out
+
+
+def read_trimap(path: str | os.PathLike, *, allow_16bit: bool = False) -> np.ndarray:
+    """Reads a trimap. Returns (H, W) uint8 with values exactly in {0, 128, 255} (see ``normalize_trimap``)."""
+    return normalize_trimap(read_gray(path, allow_16bit=allow_16bit), path)
+
+
+def check_same_size(path_a: str | os.PathLike, a: np.ndarray, path_b: str | os.PathLike, b: np.ndarray) -> None:
+    """Raises a MattingError naming both files if the two images differ in height or width."""
+    if a.shape[:2] != b.shape[:2]:
+        raise MattingError(
+            f"{path_b}: size {b.shape[1]}x{b.shape[0]} does not match {path_a} ({a.shape[1]}x{a.shape[0]})"
+        )
+
+
+def write_png(path: str | os.PathLike, image: np.ndarray) -> None:
+    """Writes an 8-bit PNG atomically (temporary file in the same folder + rename).
+
+    Args:
+        image: (H, W) uint8 grey, (H, W, 3) uint8 RGB or (H, W, 4) uint8 RGBA.
+    """
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    if image.dtype != np.uint8:
+        raise TypeError(f"write_png expects uint8, got {image.dtype}")
+    if image.ndim == 3:
+        image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR if image.shape[2] == 3 else cv2.COLOR_RGBA2BGRA)
+    tmp = p.with_name(f".{p.name}.tmp{os.getpid()}.png")
+    try:
+        if not cv2.imwrite(str(tmp), image):
+            raise MattingError(f"{p}: could not write the image")
+        os.replace(tmp, p)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def list_images(folder: str | os.PathLike) -> list[Path]:
+    """Image files directly inside ``folder``, sorted by name. Raises if the folder is missing or empty."""
+    d = Path(folder)
+    if not d.is_dir():
+        raise MattingError(f"{d}: folder not found")
+    files = sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+    if not files:
+        raise MattingError(f"{d}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
+    return files

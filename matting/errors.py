@@ -1,0 +1,37 @@
+"""User-facing errors and the command-line wrapper that turns them into one-line messages."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from typing import Callable
+
+
+class MattingError(Exception):
+    """A problem with the user's input (a file, a config, an argument), not a bug.
+
+    The message is one line that names the file or key and says what is wrong. Command-line entry points
+    print it as ``error: <message>`` and exit with status 2, without a traceback.
+    """
+
+
+def cli(main: Callable[..., int | None]) -> Callable[..., int]:
+    """Wraps a command-line ``main``: user errors become one line on stderr and exit status 2.
+
+    Ctrl-C exits with 130 after whatever clean-up ``main`` did in its own ``finally``/``except`` blocks.
+    Real bugs still raise with a traceback: hiding those would make them impossible to report.
+    """
+
+    @functools.wraps(main)
+    def wrapper(*args, **kwargs) -> int:
+        try:
+            code = main(*args, **kwargs)
+        except MattingError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return 130
+        return int(code or 0)
+
+    return wrapper
