@@ -1,0 +1,132 @@
+"""The upsampler interface, its shape check and the name registry that configs use.
+
+Every upsampler is called as ``up(en, de)``:
+
+- ``en``: (B, C, sH, sW) encoder feature at the target resolution (ignored when ``uses_encoder`` is False;
+  those upsamplers also accept ``en=None``),
+- ``de``: (B, C, H, W) decoder feature to upsample,
+- returns (B, C, sH, sW), same dtype and device as ``de``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Callable, TypeVar
+
+import torch
+from torch import nn
+
+from matting.errors import MattingError
+
+__all__ = [
+    "Upsampler",
+    "UpsamplerConfigError",
+    "UPSAMPLERS",
+    "available_upsamplers",
+    "build_upsampler",
+    "register_upsampler",
+]
+
+
+class UpsamplerConfigError(MattingError, ValueError):
+    """A bad upsampler name or option. A ValueError for library callers, a one-line user error for the CLI."""
+
+
+class Upsampler(nn.Module):
+    """Base class: stores ``channels`` and ``scale`` and checks the inputs before ``upsample`` runs.
+
+    Subclasses implement ``upsample(en, de)``; ``forward`` validates shapes first so that a mismatch is
+    reported with both shapes instead of surfacing as an obscure broadcasting error deep inside an op.
+    """
+
+    #: Whether ``en`` is read. Class attribute, so the network can decide what to pass without building one.
+    uses_encoder: bool = False
+
+    def __init__(self, channels: int, scale: int = 2) -> None:
+        super().__init__()
+        if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
+            raise UpsamplerConfigError(f"{type(self).__name__}: channels must be a positive int, got {channels!r}")
+        if isinstance(scale, bool) or not isinstance(scale, int) or scale < 2:
+            raise UpsamplerConfigError(f"{type(self).__name__}: scale must be an int >= 2, got {scale!r}")
+        self.channels = channels
+        self.scale = scale
+
+    def extra_repr(self) -> str:
+        return f"channels={self.channels}, scale={self.scale}"
+
+    def check_inputs(self, en: torch.Tensor | None, de: torch.Tensor) -> None:
+        """Raises ValueError naming both shapes unless en is (B, C, s*H, s*W) for de (B, C, H, W)."""
+        name = type(self).__name__
+        if not isinstance(de, torch.Tensor) or de.dim() != 4:
+            shape = tuple(de.shape) if isinstance(de, torch.Tensor) else type(de).__name__
+            raise ValueError(f"{name}: de must be a (B, C, H, W) tensor, got {shape}")
+        if de.shape[1] != self.channels:
+            raise ValueError(f"{name}: de has {de.shape[1]} channels, expected {self.channels} (de {tuple(de.shape)})")
+        if en is None:
+            if self.uses_encoder:
+                raise ValueError(f"{name}: needs the encoder feature en, got None (de {tuple(de.shape)})")
+            return
+        if not isinstance(en, torch.Tensor) or en.dim() != 4:
+            shape = tuple(en.shape) if isinstance(en, torch.Tensor) else type(en).__name__
+            raise ValueError(f"{name}: en must be a (B, C, H, W) tensor, got {shape} (de {tuple(de.shape)})")
+        s = self.scale
+        b, c, h, w = de.shape
+        if en.shape[0] != b or en.shape[1] != c or en.shape[2] != s * h or en.shape[3] != s * w:
+            raise ValueError(
+                f"{name}: en {tuple(en.shape)} does not match de {tuple(de.shape)}: "
+                f"expected en of shape {(b, c, s * h, s * w)} (same batch and channels, {s}x the spatial size)"
+            )
+
+    def forward(self, en: torch.Tensor | None, de: torch.Tensor) -> torch.Tensor:
+        self.check_inputs(en, de)
+        return self.upsample(en, de)
+
+    def upsample(self, en: torch.Tensor | None, de: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+UPSAMPLERS: dict[str, type[Upsampler]] = {}
+
+U = TypeVar("U", bound=type[Upsampler])
+
+
+def register_upsampler(name: str) -> Callable[[U], U]:
+    """Class decorator: makes ``build_upsampler(name, ...)`` construct the class."""
+
+    def decorator(cls: U) -> U:
+        if not (isinstance(cls, type) and issubclass(cls, Upsampler)):
+            raise TypeError(f"register_upsampler({name!r}): {cls!r} is not an Upsampler subclass")
+        if name in UPSAMPLERS and UPSAMPLERS[name] is not cls:
+            raise ValueError(f"register_upsampler: name {name!r} is already taken by {UPSAMPLERS[name].__name__}")
+        UPSAMPLERS[name] = cls
+        return cls
+
+    return decorator
+
+
+def available_upsamplers() -> list[str]:
+    """The registered names, sorted."""
+    return sorted(UPSAMPLERS)
+
+
+def _options_of(cls: type[Upsampler]) -> list[str]:
+    params = inspect.signature(cls.__init__).parameters
+    return [p for p in params if p not in ("self", "channels", "scale")]
+
+
+def build_upsampler(name: str, channels: int, scale: int = 2, **options) -> Upsampler:
+    """Builds the upsampler registered as ``name`` for ``channels``-channel features and an integer ``scale``.
+
+    Raises UpsamplerConfigError (a ValueError and a MattingError) for an unknown name or option, or a bad value.
+    """
+    if name not in UPSAMPLERS:
+        raise UpsamplerConfigError(
+            f"unknown upsampler {name!r}; known upsamplers: {', '.join(available_upsamplers())}"
+        )
+    cls = UPSAMPLERS[name]
+    known = _options_of(cls)
+    for key in options:
+        if key not in known:
+            hint = ", ".join(known) if known else "none"
+            raise UpsamplerConfigError(f"upsampler {name!r}: unknown option {key!r} (options: {hint})")
+    return cls(channels, scale=scale, **options)
