@@ -163,3 +163,28 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
     if not files:
         raise MattingError(f"{d}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
     return files
+
+
+def find_by_stem(folder: str | os.PathLike, stem: str) -> Path | None:
+    """The image in ``folder`` whose name without suffix is ``stem`` (any image suffix), or None."""
+    for suffix in IMAGE_SUFFIXES:
+        for cand in (Path(folder) / f"{stem}{suffix}", Path(folder) / f"{stem}{suffix.upper()}"):
+            if cand.is_file():
+                return cand
+    return None
+
+
+def split_composite_stem(stem: str) -> str:
+    """``"cat_7"`` -> ``"cat"``: the foreground stem of a composite named ``<fgstem>_<k>``; other stems unchanged."""
+    head, sep, tail = stem.rpartition("_")
+    return head if sep and head and tail.isdigit() else stem
+
+
+def find_alpha(alpha_dir: str | os.PathLike, image_stem: str) -> Path | None:
+    """The ground-truth alpha for a composite: ``<stem>.*`` if present (GCA's alpha_copy layout), else the
+    foreground's ``<fgstem>.*`` for a composite named ``<fgstem>_<k>`` (Adobe's layout, no copies needed)."""
+    exact = find_by_stem(alpha_dir, image_stem)
+    if exact is not None:
+        return exact
+    fg_stem = split_composite_stem(image_stem)
+    return find_by_stem(alpha_dir, fg_stem) if fg_stem != image_stem else None
