@@ -188,3 +188,55 @@ def find_alpha(alpha_dir: str | os.PathLike, image_stem: str) -> Path | None:
         return exact
     fg_stem = split_composite_stem(image_stem)
     return find_by_stem(alpha_dir, fg_stem) if fg_stem != image_stem else None
+
+
+# Pillow modes that hold more than 8 bits per channel; converting them to RGB would silently drop bits.
+_PIL_WIDE_MODES = ("I", "F", "I;16", "I;16B", "I;16L", "I;16N")
+
+
+def read_rgb_pil(path: str | os.PathLike) -> "PIL.Image.Image":  # noqa: F821 (Pillow is imported lazily)
+    """Opens a colour image with Pillow and returns it fully loaded in mode ``"RGB"`` (8 bits per channel).
+
+    For code that must reproduce a reference script pixel for pixel: Adobe's Composition-1k composer decodes
+    and resizes with Pillow, and a JPEG decoded by OpenCV can differ from Pillow's by a grey level. Everything
+    else should use ``read_rgb``. 16-bit and float images are rejected like ``read_rgb`` does.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    p = Path(path)
+    if not p.is_file():
+        raise MattingError(f"{p}: file not found")
+    header = png_header(p)
+    if header is not None and header[0] == 16:
+        raise MattingError(f"{p}: 16-bit image; 8-bit (0..255) is required here")
+    try:
+        with Image.open(p) as im:
+            if im.mode in _PIL_WIDE_MODES:
+                raise MattingError(f"{p}: {im.mode} image with more than 8 bits per channel; 8-bit is required")
+            im.load()
+            return im if im.mode == "RGB" else im.convert("RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise MattingError(f"{p}: not a readable image ({type(exc).__name__})") from None
+
+
+def write_jpeg(path: str | os.PathLike, image: np.ndarray, quality: int = 95) -> None:
+    """Writes an 8-bit JPEG atomically (temporary file in the same folder + rename).
+
+    Args:
+        image: (H, W) uint8 grey or (H, W, 3) uint8 RGB.
+        quality: libjpeg quality, 0..100.
+    """
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    if image.dtype != np.uint8:
+        raise TypeError(f"write_jpeg expects uint8, got {image.dtype}")
+    if image.ndim == 3:
+        image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+    tmp = p.with_name(f".{p.name}.tmp{os.getpid()}.jpg")
+    try:
+        if not cv2.imwrite(str(tmp), image, [cv2.IMWRITE_JPEG_QUALITY, int(quality)]):
+            raise MattingError(f"{p}: could not write the image")
+        os.replace(tmp, p)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
