@@ -1,0 +1,317 @@
+"""Experiment configuration: plain YAML files validated against one documented schema.
+
+This module is the single place where every config key is defined, typed and documented. A YAML file may start
+with ``base: other.yaml`` (a path relative to the file) whose keys it overrides, recursively; command-line
+overrides ``section.key=value`` (YAML-parsed values) come last. An unknown or mistyped key, a value of the wrong
+type or outside its choices is a one-line :class:`~matting.errors.MattingError` that names the key and the file.
+
+``python -m matting.config`` prints the reference table that the README carries; ``python -m matting.config
+--show configs/demo.yaml [overrides]`` prints a resolved config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from matting.errors import MattingError, cli
+
+
+def _f(default: Any, doc: str, choices: tuple | None = None) -> Any:
+    """A dataclass field with its documentation (and allowed values) attached."""
+    meta = {"doc": doc, "choices": choices}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class ModelConfig:
+    encoder: str = _f("resnet34", "encoder network", ("resnet34", "mobilenetv2"))
+    upsampler: str = _f("fade", "upsampler used at every decoder stage (any name of matting.upsamplers)")
+    upsampler_options: dict = _f({}, "extra keyword arguments of the upsampler, e.g. {up_kernel_size: 5}")
+    pretrained: str | None = _f(None, "null (from scratch), 'imagenet' (torchvision weights) or a local .pth file")
+    freeze_bn: bool = _f(False, "keep the encoder's BatchNorm layers in eval mode with frozen parameters")
+    options: dict = _f({}, "other keyword arguments of matting.models.build_model (e.g. width_mult)")
+
+
+@dataclass
+class DataConfig:
+    dataset_dir: str = _f("data/demo/Combined_Dataset", "Adobe's Combined_Dataset/ folder (training foregrounds)")
+    train_bg_dir: str = _f("data/demo/train_bg", "training backgrounds (COCO train2014 for the real set)")
+    use_bg_list: bool = _f(True, "take backgrounds from training_bg_names.txt; false: every image in train_bg_dir")
+    preset: str = _f("indexnet", "augmentation recipe", ("indexnet", "gca"))
+    augment: dict = _f({}, "overrides of the preset's fields (matting.data.augment.AugmentConfig), e.g. {crop_size: 160}")
+    samples_per_epoch: int | None = _f(None, "samples in one data epoch; null: 100 per foreground as in the paper")
+    cache: bool = _f(False, "keep decoded training images in memory (small sets only)")
+    num_workers: int = _f(2, "data-loader worker processes per training process")
+    val_count: int = _f(0, "foregrounds carved out of training for the validation split (0: no validation)")
+    val_bgs_per_fg: int = _f(2, "validation composites per validation foreground")
+    val_max_side: int | None = _f(None, "downscale validation composites so the long side is at most this")
+    test_dir: str = _f("data/demo/test", "prepared test folder (merged/ alpha/ trimaps/), used by evaluation")
+
+
+@dataclass
+class LossConfig:
+    weights: dict = _f(
+        {"alpha_charbonnier": 0.5, "composition": 0.5},
+        "loss term -> weight (names of matting.losses.MattingLoss); IndexNet/A2U recipe by default",
+    )
+
+
+@dataclass
+class TrainConfig:
+    iterations: int = _f(180000, "optimisation steps in total")
+    batch_size: int = _f(16, "samples per step, summed over all processes")
+    optimizer: str = _f("adam", "optimiser", ("adam", "adamw", "sgd"))
+    lr: float = _f(0.01, "learning rate of the decoder, context module, skips, upsamplers and head")
+    encoder_lr_mult: float = _f(0.01, "encoder learning rate = lr x this (the recipes train the encoder at 1e-4)")
+    betas: list = _f([0.9, 0.999], "Adam/AdamW betas")
+    momentum: float = _f(0.9, "SGD momentum")
+    weight_decay: float = _f(0.0, "weight decay")
+    schedule: str = _f("step", "learning-rate schedule", ("step", "poly", "cosine", "constant"))
+    milestones: list = _f([120000, 156000], "step schedule: iterations at which lr is multiplied by gamma")
+    gamma: float = _f(0.1, "step schedule factor")
+    poly_power: float = _f(0.9, "poly schedule power")
+    warmup_iters: int = _f(0, "linear warm-up iterations (any schedule)")
+    grad_clip: float | None = _f(None, "clip the gradient norm to this value; null: no clipping")
+    amp: str = _f("none", "mixed precision (CUDA only; ignored on CPU with a warning)", ("none", "bf16", "fp16"))
+    channels_last: bool = _f(False, "channels-last memory format for the model and inputs")
+    sync_bn: bool = _f(False, "convert BatchNorm to SyncBatchNorm in distributed runs")
+    log_every: int = _f(20, "iterations between scalar logs")
+    image_every: int = _f(500, "iterations between TensorBoard image grids")
+    val_every: int = _f(1000, "iterations between validation runs (needs data.val_count > 0)")
+    ckpt_every: int = _f(1000, "iterations between checkpoints (latest.pth)")
+    best_metric: str = _f("sad", "validation metric that selects best.pth (lower is better)", ("sad", "mse", "grad", "conn"))
+
+
+@dataclass
+class EvalConfig:
+    device: str = _f("auto", "evaluation device: auto, cpu, cuda, cuda:N")
+    workers: int = _f(2, "processes for metrics and image loading during evaluation")
+
+
+@dataclass
+class Config:
+    name: str = _f("experiment", "experiment name (shown in logs)")
+    output_dir: str = _f("runs/experiment", "checkpoints/, logs (train.log, TensorBoard) and eval/ go here")
+    seed: int = _f(6, "seed of every random choice (data, init); a run is reproducible from it on CPU")
+    device: str = _f("auto", "training device: auto, cpu, cuda, cuda:N (torchrun sets cuda:LOCAL_RANK)")
+    model: ModelConfig = field(default_factory=ModelConfig, metadata={"doc": "the network"})
+    data: DataConfig = field(default_factory=DataConfig, metadata={"doc": "data"})
+    loss: LossConfig = field(default_factory=LossConfig, metadata={"doc": "losses"})
+    train: TrainConfig = field(default_factory=TrainConfig, metadata={"doc": "optimisation"})
+    eval: EvalConfig = field(default_factory=EvalConfig, metadata={"doc": "evaluation"})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Loading
+
+
+def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    if path in chain:
+        raise MattingError(f"{path}: circular 'base:' include ({' -> '.join(str(p) for p in chain + (path,))})")
+    if not path.is_file():
+        raise MattingError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise MattingError(f"{path}: invalid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(data, dict):
+        raise MattingError(f"{path}: a config must be a mapping of keys, got {type(data).__name__}")
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    base_path = (path.parent / base).resolve()
+    return _merge(_read_yaml(base_path, chain + (path,)), data)
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """Recursive merge for config sections; dict-typed *values* (e.g. loss weights) are replaced, not merged,
+    so a variant can drop a term. A section is recognised by being a dataclass field of that type."""
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key in _SECTIONS:
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+_SECTIONS = {name for name, hint in typing.get_type_hints(Config).items() if dataclasses.is_dataclass(hint)}
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"train.lr=0.001"`` -> (["train", "lr"], 0.001). The value is parsed as YAML (``null``, lists, ...)."""
+    if "=" not in text:
+        raise MattingError(f"override '{text}': expected key.sub=value")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        raise MattingError(f"override '{text}': value is not valid YAML") from None
+    return key.strip().split("."), value
+
+
+def _apply_override(data: dict[str, Any], keys: list[str], value: Any) -> None:
+    node = data
+    for k in keys[:-1]:
+        node = node.setdefault(k, {})
+        if not isinstance(node, dict):
+            raise MattingError(f"override '{'.'.join(keys)}': '{k}' is not a section")
+    node[keys[-1]] = value
+
+
+def _type_ok(value: Any, annotation: Any) -> bool:
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, a) for a in typing.get_args(annotation))
+    if annotation is type(None):
+        return value is None
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, origin or annotation)
+
+
+def _build(cls: type, data: dict[str, Any], where: str, prefix: str = "") -> Any:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        path = f"{prefix}{key}"
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), list(fields), n=2)
+            hint = f" (did you mean {' or '.join(close)}?)" if close else f" (valid: {', '.join(fields)})"
+            raise MattingError(f"{where}: unknown config key '{path}'{hint}")
+        f = fields[key]
+        hints = typing.get_type_hints(cls)
+        if dataclasses.is_dataclass(hints[key]):
+            if not isinstance(value, dict):
+                raise MattingError(f"{where}: '{path}' must be a section (mapping), got {value!r}")
+            kwargs[key] = _build(hints[key], value, where, f"{path}.")
+            continue
+        if hints[key] in (float, float | None):
+            value = _as_float(value)
+        if not _type_ok(value, hints[key]):
+            raise MattingError(f"{where}: '{path}' must be {_type_name(hints[key])}, got {value!r}")
+        choices = f.metadata.get("choices")
+        if choices and value not in choices:
+            raise MattingError(f"{where}: '{path}' must be one of {', '.join(choices)}, got {value!r}")
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def _as_float(value: Any) -> Any:
+    """YAML 1.1 reads ``1e-3`` (no dot) as a string; accept it, and ints, for float keys."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def _type_name(annotation: Any) -> str:
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(annotation))
+    return "null" if annotation is type(None) else getattr(annotation, "__name__", str(annotation))
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Reads a YAML config (following ``base:`` includes), applies ``key.sub=value`` overrides, validates.
+
+    Args:
+        path: the YAML file; None starts from the schema defaults.
+        overrides: e.g. ``["train.lr=0.001", "model.upsampler=bilinear"]``.
+    Returns:
+        The validated :class:`Config`.
+    """
+    where = str(path) if path is not None else "defaults"
+    data = _read_yaml(Path(path)) if path is not None else {}
+    for text in overrides:
+        keys, value = parse_override(text)
+        _apply_override(data, keys, value)
+    if overrides:
+        where = f"{where} (with overrides)"
+    cfg = _build(Config, data, where)
+    _check_consistency(cfg, where)
+    return cfg
+
+
+def config_from_dict(data: dict[str, Any], where: str = "checkpoint config") -> Config:
+    """Validates a plain dict (e.g. the config stored in a checkpoint) into a :class:`Config`."""
+    return _build(Config, data, where)
+
+
+def _check_consistency(cfg: Config, where: str) -> None:
+    t = cfg.train
+    if t.iterations <= 0 or t.batch_size <= 0:
+        raise MattingError(f"{where}: 'train.iterations' and 'train.batch_size' must be positive")
+    if any(not isinstance(m, int) or m <= 0 for m in t.milestones):
+        raise MattingError(f"{where}: 'train.milestones' must be positive iteration numbers, got {t.milestones}")
+    if len(t.betas) != 2:
+        raise MattingError(f"{where}: 'train.betas' must be two numbers, got {t.betas}")
+    for name, weight in cfg.loss.weights.items():
+        if not isinstance(weight, (int, float)) or isinstance(weight, bool):
+            raise MattingError(f"{where}: 'loss.weights.{name}' must be a number, got {weight!r}")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reference documentation
+
+
+def reference_markdown() -> str:
+    """The config reference as a markdown table (the README carries this output)."""
+    lines = ["| key | default | meaning |", "|---|---|---|"]
+
+    def walk(cls: type, prefix: str) -> None:
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if dataclasses.is_dataclass(hints[f.name]):
+                walk(hints[f.name], f"{prefix}{f.name}.")
+                continue
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            doc = f.metadata.get("doc", "")
+            if f.metadata.get("choices"):
+                doc += f" ({' / '.join(f.metadata['choices'])})"
+            shown = yaml.safe_dump(default, default_flow_style=True).strip().removesuffix("...").strip()
+            lines.append(f"| `{prefix}{f.name}` | `{shown}` | {doc} |")
+
+    walk(Config, "")
+    return "\n".join(lines)
+
+
+@cli
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m matting.config", description=__doc__.split("\n")[0])
+    parser.add_argument("--show", metavar="CONFIG", help="print this config, resolved and validated, as YAML")
+    parser.add_argument("overrides", nargs="*", help="key.sub=value overrides (with --show)")
+    args = parser.parse_args(argv)
+    if args.show:
+        print(yaml.safe_dump(load_config(args.show, args.overrides).to_dict(), sort_keys=False), end="")
+    else:
+        print(reference_markdown())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
