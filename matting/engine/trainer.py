@@ -1,0 +1,417 @@
+"""The training loop: config -> data, model, optimiser -> steps, logs, validation, checkpoints.
+
+One path for every run: single process on CPU or GPU, or several processes under ``torchrun``
+(DistributedDataParallel; gloo on CPU, NCCL on CUDA). Rank 0 alone writes logs and checkpoints.
+
+Exact resumption: the order of samples depends only on (seed, epoch, position), every sample's augmentation only
+on (seed, epoch, index), and the checkpoint holds the model, optimiser, scheduler, AMP scaler, step and RNG
+states, so a run stopped at any checkpoint and resumed ends with the same weights as an uninterrupted one (on CPU;
+CUDA kernels are not all deterministic).
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader, Sampler
+from tqdm import tqdm
+
+from matting.config import Config
+from matting.engine.checkpoint import atomic_torch_save, load_checkpoint, rng_state, set_rng_state, unwrap
+from matting.engine.logger import Board, text_logger
+from matting.engine.runtime import DistInfo, init_distributed, resolve_device, seed_everything
+from matting.engine.schedule import build_optimizer, build_scheduler
+from matting.errors import MattingError
+
+
+class TrainingDiverged(MattingError):
+    """The loss became NaN or infinite; nothing was saved from the broken state."""
+
+
+class EpochSampler(Sampler[int]):
+    """A permutation of ``range(n)`` that depends only on (seed, epoch), split across ranks, that can start
+    part-way through an epoch (for exact resumption without replaying the data).
+
+    Each rank takes every ``world_size``-th index of the permutation, as DistributedSampler does; the tail that
+    does not divide evenly is dropped so all ranks run the same number of steps.
+    """
+
+    def __init__(self, n: int, seed: int, rank: int = 0, world_size: int = 1):
+        self.n, self.seed, self.rank, self.world_size = n, seed, rank, world_size
+        self.epoch, self.start = 0, 0
+
+    def set_position(self, epoch: int, start: int) -> None:
+        """Next iteration yields epoch ``epoch`` from this rank's ``start``-th index on."""
+        self.epoch, self.start = epoch, start
+
+    def per_rank(self) -> int:
+        return self.n // self.world_size
+
+    def __iter__(self) -> Iterator[int]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        order = torch.randperm(self.n, generator=g)[: self.per_rank() * self.world_size]
+        mine = order[self.rank :: self.world_size].tolist()
+        return iter(mine[self.start :])
+
+    def __len__(self) -> int:
+        return self.per_rank() - self.start
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    epoch: int = 0
+    best_value: float = math.inf
+    best_step: int = -1
+
+
+def build_model_from_config(model_cfg: dict[str, Any], *, pretrained: Any = "config") -> nn.Module:
+    """``build_model`` from a config's ``model`` section (``options`` are flattened into keyword arguments).
+
+    ``pretrained="config"`` keeps the section's value; pass None to skip loading pretrained weights (checkpoint
+    loading, where every weight comes from the checkpoint).
+    """
+    from matting.models import build_model
+
+    kwargs = {k: v for k, v in model_cfg.items() if k != "options"}
+    kwargs.update(model_cfg.get("options") or {})
+    if pretrained != "config":
+        kwargs["pretrained"] = pretrained
+    return build_model(**kwargs)
+
+
+class Trainer:
+    """Builds everything a run needs from a :class:`Config` and runs it.
+
+    Args:
+        cfg: the validated config.
+        resume: a checkpoint to continue from (exactly), or None to start fresh.
+        progress: show a tqdm progress bar with ETA on rank 0.
+    """
+
+    def __init__(self, cfg: Config, resume: str | Path | None = None, progress: bool = True):
+        self.cfg = cfg
+        self.dist: DistInfo = init_distributed(resolve_device(cfg.device))
+        self.device = self._device()
+        self.out_dir = Path(cfg.output_dir)
+        self.ckpt_dir = self.out_dir / "checkpoints"
+        main = self.dist.is_main
+        self.log = text_logger(self.out_dir / "train.log" if main else None, enabled=main)
+        self.board = Board(self.out_dir / "tb" if main else None)
+        self.progress = progress and main
+        seed_everything(cfg.seed)
+
+        self.model = self._build_model()
+        self.optimizer = build_optimizer(unwrap(self.model), cfg.train)
+        self.scheduler = build_scheduler(self.optimizer, cfg.train)
+        self.amp_dtype = self._amp_dtype()
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
+        from matting.losses import MattingLoss
+
+        self.criterion = MattingLoss(cfg.loss.weights)
+        self.train_set, self.val_items, self.val_desc = self._build_data()
+        self.sampler = EpochSampler(len(self.train_set), cfg.seed, self.dist.rank, self.dist.world_size)
+        self.per_rank_batch = self._per_rank_batch()
+        self.state = TrainState()
+        if resume is not None:
+            self._resume(resume)
+
+    # ---------------------------------------------------------------------------------------------- set-up
+
+    def _device(self) -> torch.device:
+        device = resolve_device(self.cfg.device)
+        if device.type == "cuda" and self.dist.enabled:
+            device = torch.device("cuda", self.dist.local_rank)
+        return device
+
+    def _amp_dtype(self) -> torch.dtype | None:
+        amp = self.cfg.train.amp
+        if amp == "none":
+            return None
+        if self.device.type != "cuda":
+            self.log.warning("train.amp=%s ignored: mixed precision is used on CUDA only", amp)
+            return None
+        return torch.bfloat16 if amp == "bf16" else torch.float16
+
+    def _per_rank_batch(self) -> int:
+        bs, world = self.cfg.train.batch_size, self.dist.world_size
+        if bs % world:
+            raise MattingError(f"train.batch_size={bs} must be divisible by the number of processes ({world})")
+        return bs // world
+
+    def _build_model(self) -> nn.Module:
+        model = build_model_from_config(self.cfg.to_dict()["model"]).to(self.device)
+        if self.cfg.train.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        if self.dist.enabled:
+            if self.cfg.train.sync_bn:
+                from matting.models import convert_sync_batchnorm
+
+                model = convert_sync_batchnorm(model)
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        return model
+
+    def _build_data(self):
+        from matting.data.augment import make_augment_config
+        from matting.data.release import read_training_release, split_validation
+        from matting.data.train_dataset import CompositionDataset, ValidationDataset
+
+        d = self.cfg.data
+        release = read_training_release(d.dataset_dir, d.train_bg_dir, use_bg_list=d.use_bg_list)
+        train_rel, val_rel = split_validation(release, d.val_count, self.cfg.seed)
+        augment = make_augment_config(d.preset, **d.augment)
+        train_set = CompositionDataset.from_release(
+            train_rel, augment=augment, seed=self.cfg.seed, length=d.samples_per_epoch, cache=d.cache
+        )
+        val_items, val_desc = None, "no validation split (data.val_count = 0)"
+        if d.val_count > 0:
+            val_items = ValidationDataset.from_release(
+                val_rel, seed=self.cfg.seed, bgs_per_fg=d.val_bgs_per_fg, max_side=d.val_max_side
+            )
+            val_desc = (
+                f"validation split: {len(val_items)} composites of {len(val_rel.fg_paths)} training foregrounds "
+                "held out from training"
+            )
+        return train_set, val_items, val_desc
+
+    def _loader(self) -> DataLoader:
+        from matting.data.train_dataset import worker_init_fn
+
+        workers = self.cfg.data.num_workers
+        return DataLoader(
+            self.train_set,
+            batch_size=self.per_rank_batch,
+            sampler=self.sampler,
+            num_workers=workers,
+            worker_init_fn=worker_init_fn if workers > 0 else None,
+            pin_memory=self.device.type == "cuda",
+            drop_last=True,
+        )
+
+    # ---------------------------------------------------------------------------------------------- checkpoints
+
+    def _checkpoint(self) -> dict[str, Any]:
+        return {
+            "format": 1,
+            "model": unwrap(self.model).state_dict(),
+            "config": self.cfg.to_dict(),
+            "step": self.state.step,
+            "epoch": self.state.epoch,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "rng": rng_state(),
+            "best": {"metric": self.cfg.train.best_metric, "value": self.state.best_value, "step": self.state.best_step},
+        }
+
+    def save(self, name: str = "latest.pth") -> Path | None:
+        path = self.ckpt_dir / name
+        if self.dist.is_main:
+            atomic_torch_save(self._checkpoint(), path)
+        return path
+
+    def _resume(self, path: str | Path) -> None:
+        ckpt = load_checkpoint(path, map_location=self.device)
+        old, new = ckpt["config"].get("model"), self.cfg.to_dict()["model"]
+        if old != new:
+            raise MattingError(f"{path}: the checkpoint's model config {old} differs from this config's {new}")
+        unwrap(self.model).load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        if self.scaler is not None and ckpt.get("scaler") is not None:
+            self.scaler.load_state_dict(ckpt["scaler"])
+        set_rng_state({k: (v.cpu() if torch.is_tensor(v) else v) for k, v in ckpt["rng"].items()})
+        best = ckpt.get("best") or {}
+        self.state = TrainState(
+            step=ckpt["step"], epoch=ckpt["epoch"],
+            best_value=best.get("value", math.inf), best_step=best.get("step", -1),
+        )
+        self.log.info("resumed from %s at step %d", path, self.state.step)
+
+    # ---------------------------------------------------------------------------------------------- loop
+
+    def _batches(self) -> Iterator[dict[str, torch.Tensor]]:
+        """Batches from the current (epoch, position) onwards, across epoch boundaries, forever."""
+        steps_per_epoch = self.sampler.per_rank() // self.per_rank_batch
+        if steps_per_epoch == 0:
+            raise MattingError(
+                f"data: an epoch of {len(self.train_set)} samples is smaller than one batch per process "
+                f"({self.per_rank_batch}); raise data.samples_per_epoch"
+            )
+        while True:
+            done_in_epoch = self.state.step - self._epoch_start_step(steps_per_epoch)
+            self.sampler.set_position(self.state.epoch, done_in_epoch * self.per_rank_batch)
+            self.train_set.set_epoch(self.state.epoch)
+            for batch in self._loader():
+                yield batch
+            self.state.epoch += 1
+
+    def _epoch_start_step(self, steps_per_epoch: int) -> int:
+        return self.state.epoch * steps_per_epoch
+
+    def _to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
+        out = {}
+        for k, v in batch.items():
+            if torch.is_tensor(v):
+                v = v.to(self.device, non_blocking=True)
+                if self.cfg.train.channels_last and v.dim() == 4 and v.is_floating_point():
+                    v = v.contiguous(memory_format=torch.channels_last)
+            out[k] = v
+        return out
+
+    def train_step(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+        """One optimisation step. Returns (total loss, loss terms, prediction), all detached."""
+        from matting.models import make_input
+
+        self.model.train()
+        x = make_input(batch["image"], batch["trimap"])
+        autocast = (
+            torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype is not None else nullcontext()
+        )
+        with autocast:
+            pred = self.model(x)
+        total, terms = self.criterion(pred.float(), batch)
+        if not torch.isfinite(total):
+            # Every rank sees the same loss only after the all-reduce inside backward, so check before it.
+            shown = ", ".join(f"{k}={float(v):.4g}" for k, v in terms.items())
+            raise TrainingDiverged(
+                f"loss is {float(total)} at step {self.state.step + 1} ({shown}); stopped without saving; "
+                f"last good checkpoint: {self.ckpt_dir / 'latest.pth'} (lower train.lr or set train.grad_clip)"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(total).backward()
+            self.scaler.unscale_(self.optimizer)
+        else:
+            total.backward()
+        if self.cfg.train.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.scheduler.step()
+        return total.detach(), {k: v.detach() for k, v in terms.items()}, pred.detach()
+
+    def validate(self) -> dict[str, Any] | None:
+        """Scores the validation split (rank 0) with the same code as the test evaluation."""
+        if self.val_items is None:
+            return None
+        summary = None
+        if self.dist.is_main:
+            from matting.engine.evaluator import evaluate
+            from matting.engine.predictor import Matter
+
+            model = unwrap(self.model)
+            summary = evaluate(Matter(model, self.device), self.val_items, out_dir=None, progress=False,
+                               workers=self.cfg.eval.workers)
+            model.train()
+        if self.dist.enabled:
+            dist.barrier()
+        return summary
+
+    def _after_validation(self, summary: dict[str, Any]) -> None:
+        means = summary["mean"]
+        metric = self.cfg.train.best_metric
+        self.log.info(
+            "step %d %s: %s", self.state.step, self.val_desc,
+            "  ".join(f"{k.upper()} {means[k]:.4f}" for k in ("sad", "mse", "grad", "conn")),
+        )
+        self.board.scalars({f"val/{k}": means[k] for k in ("sad", "mse", "grad", "conn")}, self.state.step)
+        value = means[metric]
+        if value < self.state.best_value:
+            self.state.best_value, self.state.best_step = value, self.state.step
+            self.save("best.pth")
+            self.log.info("new best validation %s %.4f at step %d -> best.pth", metric.upper(), value, self.state.step)
+
+    def _stop_on_signal(self, signum: int) -> None:
+        """Saves latest.pth at the last completed step (a consistent state), then ends the run."""
+        self.save()
+        self.log.info("stopped by signal %d at step %d; saved %s (continue with --resume)",
+                      signum, self.state.step, self.ckpt_dir / "latest.pth")
+        raise KeyboardInterrupt
+
+    def fit(self) -> TrainState:
+        """Trains until ``train.iterations``; saves latest.pth (and best.pth) on the way and at the end.
+
+        Ctrl-C (SIGINT) or SIGTERM stops after the current step and saves latest.pth, so ``--resume`` continues.
+        """
+        cfg, t = self.cfg, self.cfg.train
+        self.log.info("run '%s': %s, %d process(es) on %s, batch %d, %d iterations -> %s",
+                      cfg.name, f"{cfg.model.encoder}+{cfg.model.upsampler}", self.dist.world_size, self.device,
+                      t.batch_size, t.iterations, self.out_dir)
+        self.log.info("training on %d foregrounds (%d samples/epoch); %s",
+                      len(self.train_set.fg_paths), len(self.train_set), self.val_desc)
+        stop = {"signal": None}
+        old_handlers = {}
+
+        def request_stop(signum, frame):  # noqa: ARG001 - signal handler signature
+            stop["signal"] = signum
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                old_handlers[sig] = signal.signal(sig, request_stop)
+            except ValueError:  # not the main thread (e.g. inside some test runners): keep default handling
+                pass
+        bar = tqdm(total=t.iterations, initial=self.state.step, disable=not self.progress, dynamic_ncols=True,
+                   desc="train")
+        tic, seen, running = time.perf_counter(), 0, {}
+        try:
+            batches = self._batches()
+            while self.state.step < t.iterations:
+                try:
+                    batch = self._to_device(next(batches))
+                except Exception:
+                    # Ctrl-C also reaches the loader's workers, which then die: that is the stop, not a crash.
+                    if stop["signal"] is None:
+                        raise
+                    batch = None
+                if batch is None:
+                    self._stop_on_signal(stop["signal"])
+                total, terms, pred = self.train_step(batch)
+                self.state.step += 1
+                seen += t.batch_size
+                for k, v in {"total": total, **terms}.items():
+                    running[k] = running.get(k, 0.0) + float(v)
+                bar.update(1)
+                step = self.state.step
+                if step % t.log_every == 0 or step == t.iterations:
+                    n = t.log_every if step % t.log_every == 0 else step % t.log_every
+                    avg = {k: v / n for k, v in running.items()}
+                    rate = seen / max(1e-9, time.perf_counter() - tic)
+                    lrs = {f"lr/{g.get('name', i)}": g["lr"] for i, g in enumerate(self.optimizer.param_groups)}
+                    self.board.scalars({**{f"loss/{k}": v for k, v in avg.items()}, **lrs,
+                                        "throughput/samples_per_s": rate}, step)
+                    bar.set_postfix(loss=f"{avg['total']:.4f}")
+                    self.log.info("step %d/%d loss %.5f (%s) lr %.3g %.1f samples/s", step, t.iterations,
+                                  avg["total"], ", ".join(f"{k} {v:.4f}" for k, v in avg.items() if k != "total"),
+                                  self.optimizer.param_groups[-1]["lr"], rate)
+                    tic, seen, running = time.perf_counter(), 0, {}
+                if step % t.image_every == 0:
+                    self.board.image_grid("train/image_trimap_gt_pred_error", batch, pred, step)
+                if self.val_items is not None and (step % t.val_every == 0 or step == t.iterations):
+                    summary = self.validate()
+                    if summary is not None:
+                        self._after_validation(summary)
+                if step % t.ckpt_every == 0 or step == t.iterations:
+                    self.save()
+                if stop["signal"] is not None:
+                    self._stop_on_signal(stop["signal"])
+        finally:
+            bar.close()
+            self.board.close()
+            for sig, handler in old_handlers.items():
+                signal.signal(sig, handler)
+        self.log.info("done: %d steps; checkpoint %s", self.state.step, self.ckpt_dir / "latest.pth")
+        return self.state
