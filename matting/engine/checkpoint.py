@@ -91,6 +91,21 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     return ckpt
 
 
+def build_model_from_config(model_cfg: dict[str, Any], *, pretrained: Any = "config") -> nn.Module:
+    """``build_model`` from a config's ``model`` section (``options`` are flattened into keyword arguments).
+
+    ``pretrained="config"`` keeps the section's value; pass None to skip loading pretrained weights (checkpoint
+    loading, where every weight comes from the checkpoint).
+    """
+    from matting.models import build_model
+
+    kwargs = {k: v for k, v in model_cfg.items() if k != "options"}
+    kwargs.update(model_cfg.get("options") or {})
+    if pretrained != "config":
+        kwargs["pretrained"] = pretrained
+    return build_model(**kwargs)
+
+
 def model_from_checkpoint(
     path: str | os.PathLike, device: str | torch.device = "cpu"
 ) -> tuple[nn.Module, dict[str, Any]]:
@@ -99,12 +114,8 @@ def model_from_checkpoint(
     Returns ``(model in eval mode on device, the checkpoint's config dict)``. Pretrained weights are never
     fetched here: the checkpoint already holds every weight.
     """
-    from matting.models import build_model  # local: keeps this module importable without the model stack
-
     ckpt = load_checkpoint(path, map_location="cpu")
-    model_cfg = dict(ckpt["config"]["model"])
-    model_cfg["pretrained"] = None
-    model = build_model(**model_cfg)
+    model = build_model_from_config(ckpt["config"]["model"], pretrained=None)
     missing, unexpected = model.load_state_dict(ckpt["model"], strict=False)
     if missing or unexpected:
         raise MattingError(

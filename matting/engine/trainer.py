@@ -26,7 +26,14 @@ from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
 from matting.config import Config
-from matting.engine.checkpoint import atomic_torch_save, load_checkpoint, rng_state, set_rng_state, unwrap
+from matting.engine.checkpoint import (
+    atomic_torch_save,
+    build_model_from_config,
+    load_checkpoint,
+    rng_state,
+    set_rng_state,
+    unwrap,
+)
 from matting.engine.logger import Board, text_logger
 from matting.engine.runtime import DistInfo, init_distributed, resolve_device, seed_everything
 from matting.engine.schedule import build_optimizer, build_scheduler
@@ -72,21 +79,6 @@ class TrainState:
     epoch: int = 0
     best_value: float = math.inf
     best_step: int = -1
-
-
-def build_model_from_config(model_cfg: dict[str, Any], *, pretrained: Any = "config") -> nn.Module:
-    """``build_model`` from a config's ``model`` section (``options`` are flattened into keyword arguments).
-
-    ``pretrained="config"`` keeps the section's value; pass None to skip loading pretrained weights (checkpoint
-    loading, where every weight comes from the checkpoint).
-    """
-    from matting.models import build_model
-
-    kwargs = {k: v for k, v in model_cfg.items() if k != "options"}
-    kwargs.update(model_cfg.get("options") or {})
-    if pretrained != "config":
-        kwargs["pretrained"] = pretrained
-    return build_model(**kwargs)
 
 
 class Trainer:
