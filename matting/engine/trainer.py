@@ -334,8 +334,9 @@ class Trainer:
                       signum, self.state.step, self.ckpt_dir / "latest.pth")
         raise KeyboardInterrupt
 
-    def fit(self) -> TrainState:
-        """Trains until ``train.iterations``; saves latest.pth (and best.pth) on the way and at the end.
+    def fit(self, until: int | None = None) -> TrainState:
+        """Trains until ``train.iterations`` (or only up to step ``until``, saving latest.pth there, as if the
+        run had been stopped); saves latest.pth (and best.pth) on the way and at the end.
 
         Ctrl-C (SIGINT) or SIGTERM stops after the current step and saves latest.pth, so ``--resume`` continues.
         """
@@ -361,7 +362,8 @@ class Trainer:
         tic, seen, running = time.perf_counter(), 0, {}
         try:
             batches = self._batches()
-            while self.state.step < t.iterations:
+            last = t.iterations if until is None else min(until, t.iterations)
+            while self.state.step < last:
                 try:
                     batch = self._to_device(next(batches))
                 except Exception:
@@ -396,7 +398,7 @@ class Trainer:
                     summary = self.validate()
                     if summary is not None:
                         self._after_validation(summary)
-                if step % t.ckpt_every == 0 or step == t.iterations:
+                if step % t.ckpt_every == 0 or step == last:
                     self.save()
                 if stop["signal"] is not None:
                     self._stop_on_signal(stop["signal"])
