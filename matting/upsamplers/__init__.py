@@ -12,6 +12,8 @@ from .registry import (
     build_upsampler,
     register_upsampler,
 )
+from .fade import FADE, FADELite, convert_official_fade_state_dict, semi_shift_logits
+from .reassembly import carafe
 from .simple import BilinearUpsampler, DeconvUpsampler, NearestUpsampler, PixelShuffleUpsampler
 
 __all__ = [
@@ -21,6 +23,11 @@ __all__ = [
     "available_upsamplers",
     "build_upsampler",
     "register_upsampler",
+    "FADE",
+    "FADELite",
+    "carafe",
+    "convert_official_fade_state_dict",
+    "semi_shift_logits",
     "BilinearUpsampler",
     "DeconvUpsampler",
     "NearestUpsampler",

@@ -110,8 +110,9 @@ def available_upsamplers() -> list[str]:
 
 
 def _options_of(cls: type[Upsampler]) -> list[str]:
-    params = inspect.signature(cls.__init__).parameters
-    return [p for p in params if p not in ("self", "channels", "scale")]
+    # The first argument after self is the channel count, whatever a class calls it (FADE: in_channels).
+    params = list(inspect.signature(cls.__init__).parameters)[2:]
+    return [p for p in params if p != "scale"]
 
 
 def build_upsampler(name: str, channels: int, scale: int = 2, **options) -> Upsampler:
