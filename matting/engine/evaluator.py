@@ -137,11 +137,14 @@ def _score(pred: np.ndarray, gt: np.ndarray, trimap: np.ndarray, name: str) -> t
 def _make_pool(workers: int) -> ProcessPoolExecutor | None:
     if workers <= 0:
         return None
-    # forkserver, not fork: the parent has torch's thread pools and a loader thread, which a fork can catch
-    # holding a lock. The server preloads only the metrics (numpy/scipy), not torch.
-    ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["matting.metrics.official"])
-    return ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+    # fork: workers start in milliseconds and need nothing re-imported. spawn/forkserver would re-run the
+    # caller's __main__ in every worker (slow: torch; fatal: scripts without a main guard). The workers only
+    # run numpy/scipy (no OpenMP, no CUDA), which is what makes forking a process that holds torch safe.
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork"))
+    # With fork, the first submit starts every worker: do it now, before _iterate starts its loader thread,
+    # so no fork happens while another thread of ours may hold a lock.
+    pool.submit(int).result()
+    return pool
 
 
 def evaluate(

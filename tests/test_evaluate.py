@@ -1,0 +1,149 @@
+"""Evaluation: every item is scored or reported as failed, files and baseline are right, the CLI works end to end."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from matting.data.io import read_gray, write_png
+from matting.engine.evaluator import BASELINE_KEY, constant_baseline, evaluate
+from matting.engine.predictor import Matter
+from matting.errors import MattingError
+from matting.metrics import compute_metrics
+
+
+class SigmoidModel(nn.Module):
+    """A deterministic stand-in network: sigmoid of the first input channel."""
+
+    output_stride = 16
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(x[:, :1] * 2.0)
+
+
+def make_item(name: str, h: int = 40, w: int = 52, seed: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+    alpha = np.zeros((h, w), np.uint8)
+    alpha[:, w // 3 :] = 255
+    alpha[:, w // 3 - 4 : w // 3 + 4] = rng.integers(0, 256, (h, 8), dtype=np.uint8)
+    trimap = np.zeros((h, w), np.uint8)
+    trimap[:, w // 3 - 6 : w // 3 + 6] = 128
+    trimap[:, w // 3 + 6 :] = 255
+    image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    return {"image": image, "alpha": alpha, "trimap": trimap, "name": name}
+
+
+def read_csv(path: Path) -> list[list[str]]:
+    with open(path, newline="") as f:
+        return list(csv.reader(f))
+
+
+@pytest.fixture
+def matter() -> Matter:
+    return Matter(SigmoidModel(), "cpu")
+
+
+def test_constant_baseline_is_128_in_unknown_and_trimap_elsewhere():
+    trimap = np.array([[0, 128, 255]], np.uint8)
+    np.testing.assert_array_equal(constant_baseline(trimap), [[0, 128, 255]])
+
+
+def test_scores_every_item_and_writes_alpha_csv_and_summary(tmp_path, matter):
+    items = [make_item(f"img_{k}", seed=k) for k in range(3)]
+    summary = evaluate(matter, items, tmp_path, progress=False, workers=0, meta={"split": "val", "data": "gen"})
+
+    expected, base = [], []
+    for item in items:
+        pred = read_gray(tmp_path / "alpha" / f"{item['name']}.png")
+        np.testing.assert_array_equal(pred, matter.predict_uint8(item["image"], item["trimap"]))
+        expected.append(compute_metrics(pred, item["alpha"], item["trimap"]))
+        base.append(compute_metrics(constant_baseline(item["trimap"]), item["alpha"], item["trimap"]))
+
+    rows = read_csv(tmp_path / "metrics.csv")
+    assert rows[0] == ["name", "sad", "mse", "grad", "conn"]
+    assert [r[0] for r in rows[1:]] == ["img_0", "img_1", "img_2", "mean"]
+    for row, exp in zip(rows[1:4], expected):
+        assert [float(v) for v in row[1:]] == pytest.approx([exp[k] for k in ("sad", "mse", "grad", "conn")])
+    for j, key in enumerate(("sad", "mse", "grad", "conn"), start=1):
+        assert float(rows[4][j]) == pytest.approx(np.mean([e[key] for e in expected]))
+        assert summary["mean"][key] == pytest.approx(np.mean([e[key] for e in expected]))
+        assert summary[BASELINE_KEY][key] == pytest.approx(np.mean([b[key] for b in base]))
+    assert summary["mean"]["mse_x1e3"] == pytest.approx(summary["mean"]["mse"] * 1000)
+    assert summary["mean"]["sad"] > 0 and summary[BASELINE_KEY]["sad"] > 0
+    assert summary["mean"]["sad"] != pytest.approx(summary[BASELINE_KEY]["sad"])
+    assert (summary["count"], summary["images"], summary["failed"], summary["failures"]) == (3, 3, 0, [])
+    assert summary["split"] == "val" and summary["data"] == "gen"
+    assert json.loads((tmp_path / "summary.json").read_text()) == json.loads(json.dumps(summary))
+
+
+class FlakyDataset:
+    """A dataset whose item 1 cannot be loaded, as a corrupt file would make it."""
+
+    def __init__(self, items: list[dict]) -> None:
+        self.items = items
+        self.records = [type("R", (), {"name": it["name"]})() for it in items]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict:
+        if index == 1:
+            raise MattingError(f"{self.items[index]['name']}.png: not a readable image")
+        return self.items[index]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_failures_are_counted_and_the_others_scored(tmp_path, matter, workers, capsys):
+    items = [make_item(f"img_{k}", seed=k) for k in range(5)]
+    items[3]["trimap"] = items[3]["trimap"][:, :-1]  # size mismatch: predict raises
+    summary = evaluate(matter, FlakyDataset(items), tmp_path, progress=False, workers=workers)
+
+    assert summary["images"] == 5 and summary["count"] == 3 and summary["failed"] == 2
+    assert [f["name"] for f in summary["failures"]] == ["img_1", "img_3"]
+    assert "not a readable image" in summary["failures"][0]["error"]
+    assert "does not match" in summary["failures"][1]["error"]
+    err = capsys.readouterr().err
+    assert "failed: img_1" in err and "failed: img_3" in err
+
+    rows = read_csv(tmp_path / "metrics.csv")
+    assert [r[0] for r in rows[1:]] == ["img_0", "img_1", "img_2", "img_3", "img_4", "mean"]
+    assert rows[2][1:] == ["", "", "", ""] and rows[4][1:] == ["", "", "", ""]
+    scored = [compute_metrics(read_gray(tmp_path / "alpha" / f"img_{k}.png"), items[k]["alpha"], items[k]["trimap"])
+              for k in (0, 2, 4)]
+    assert summary["mean"]["sad"] == pytest.approx(np.mean([s["sad"] for s in scored]))
+    assert not (tmp_path / "alpha" / "img_3.png").exists()
+
+
+def test_a_failing_iterator_is_reported(matter):
+    def gen():
+        yield make_item("a")
+        raise OSError("disk gone")
+
+    summary = evaluate(matter, gen(), None, progress=False, workers=0)
+    assert summary["count"] == 1 and summary["failed"] == 1
+    assert "disk gone" in summary["failures"][0]["error"]
+
+
+def test_image_without_unknown_region_gives_nan_mse_that_the_mean_ignores(tmp_path, matter):
+    full = make_item("known", seed=1)
+    full["trimap"][:] = 255
+    items = [make_item("a"), full]
+    with pytest.warns(UserWarning):
+        summary = evaluate(matter, items, tmp_path, progress=False, workers=0)
+    assert summary["mse_undefined"] == 1 and summary["count"] == 2
+    only = compute_metrics(read_gray(tmp_path / "alpha" / "a.png"), items[0]["alpha"], items[0]["trimap"])
+    assert summary["mean"]["mse"] == pytest.approx(only["mse"])
+    assert read_csv(tmp_path / "metrics.csv")[2][2] == "nan"
+    json.loads((tmp_path / "summary.json").read_text())  # strict JSON: no NaN literal
+
+
+def test_nothing_scored_gives_none_means(matter):
+    summary = evaluate(matter, [], None, progress=False, workers=0)
+    assert summary["count"] == 0 and summary["mean"]["sad"] is None and not math.isnan(summary["images"])
