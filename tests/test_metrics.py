@@ -8,22 +8,32 @@ Its flags switch on the classic port bugs, so the tests can show those give diff
 
 from __future__ import annotations
 
+import csv
 import math
+import re
 import warnings
 
+import cv2
 import numpy as np
 import pytest
+from PIL import Image
 
+from matting.data.io import write_png
 from matting.errors import MattingError
 from matting.metrics import (
     CONN_THRESHOLD_CODES,
     NoUnknownPixelsWarning,
     compute_metrics,
     conn,
+    evaluate_folders,
+    format_table,
     grad,
     mse,
     sad,
+    summarize,
+    write_csv,
 )
+from matting.metrics.__main__ import main
 from matting.metrics.official import gaussian_gradient_kernels, gradient_magnitude, mat2gray
 
 F32 = np.float32
@@ -321,6 +331,15 @@ def generated_cases():
     t3 = np.zeros((40, 36), np.uint8)
     t3[30, 2] = 128
     add("single unknown pixel outside the object", p, g, t3)
+    # mat2gray's min and max come from the whole image, here from far outside the unknown box.
+    ramp_g = np.zeros((40, 36))
+    ramp_g[10:30, 8:28] = 40 + 6 * (xx[:20, :20] + yy[:20, :20])
+    ramp_g[-1, -1] = 255
+    ramp_p = np.clip(ramp_g + 25 * np.sin(np.arange(36) / 2.0), 0, 250)
+    ramp_p[0, 0] = 255
+    t_box = np.zeros((40, 36), np.uint8)
+    t_box[14:26, 12:24] = 128
+    add("mat2gray range outside the unknown box", ramp_p, ramp_g, t_box)
     t4 = np.full((40, 36), 128, np.uint8)
     small = np.zeros((40, 36), np.uint8)
     small[18:22, 15:19] = 220
@@ -358,7 +377,9 @@ def test_matches_literal_reference(case, references):
         if math.isnan(expected[key]):
             assert math.isnan(got[key]) and math.isnan(single[key]), key
             continue
-        assert got[key] == pytest.approx(expected[key], rel=1e-5, abs=1e-12), key
+        # The issue asks for 1e-5 against MATLAB. The literal reference shares MATLAB's float32 terms, so the
+        # two agree far more closely (observed <= 1e-9); the tighter bound catches precision slips.
+        assert got[key] == pytest.approx(expected[key], rel=1e-7, abs=1e-15), key
         assert single[key] == got[key], key
 
 
@@ -573,3 +594,172 @@ def test_bad_arrays_raise_one_line_errors():
         sad(a.astype(np.float32), a, a)
     with pytest.raises(MattingError, match="gt must be a 2-D uint8 array"):
         conn(a, np.zeros((4, 4, 3), np.uint8), a)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Folders, the pool, the CSV and the command line
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _dataset(root, n_fg=2, n_k=2, size=(30, 41), seed=0):
+    """Adobe layout: alphas <fg>.png, trimaps and predictions <fg>_<k>.png. Returns {name: (pred, gt, trimap)}."""
+    rng = np.random.default_rng(seed)
+    truth = {}
+    for i in range(n_fg):
+        gt = np.round(_soft_blob(rng, *size) * 255).astype(np.uint8)
+        write_png(root / "alpha" / f"fg{i}.png", gt)
+        for k in range(n_k):
+            trimap = _trimap_from(gt, rng, band=1 + k)
+            pred = _clamp(np.clip(gt.astype(int) + rng.integers(-50, 51, size), 0, 255).astype(np.uint8), trimap)
+            write_png(root / "trimaps" / f"fg{i}_{k}.png", trimap)
+            write_png(root / "pred" / f"fg{i}_{k}.png", pred)
+            truth[f"fg{i}_{k}"] = (pred, gt, trimap)
+    return truth
+
+
+def _dirs(root):
+    return root / "pred", root / "alpha", root / "trimaps"
+
+
+def test_evaluate_folders_pairs_k_predictions_with_fg_alpha(tmp_path):
+    truth = _dataset(tmp_path)
+    rows = evaluate_folders(*_dirs(tmp_path), workers=1, progress=False)
+    assert [r["name"] for r in rows] == ["fg0_0", "fg0_1", "fg1_0", "fg1_1"]
+    for r in rows:
+        assert {k: r[k] for k in ("sad", "mse", "grad", "conn")} == compute_metrics(*truth[r["name"]])
+        assert r["sad"] > 0 and r["conn"] > 0
+
+
+def test_pool_gives_the_same_rows_as_one_process(tmp_path):
+    _dataset(tmp_path, n_fg=3)
+    one = evaluate_folders(*_dirs(tmp_path), workers=1, progress=False)
+    two = evaluate_folders(*_dirs(tmp_path), workers=2, progress=False)
+    assert two == one
+
+
+def test_missing_files_are_all_listed(tmp_path):
+    _dataset(tmp_path, n_fg=1, n_k=2)
+    pred_dir, alpha_dir, trimap_dir = _dirs(tmp_path)
+    for i in range(7):
+        write_png(pred_dir / f"orphan{i}_0.png", np.zeros((30, 41), np.uint8))
+    (trimap_dir / "fg0_1.png").unlink()
+    with pytest.raises(MattingError) as err:
+        evaluate_folders(pred_dir, alpha_dir, trimap_dir, workers=1, progress=False)
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert "8 of 9 predictions unmatched" in msg
+    assert f"no alpha in {alpha_dir} for 7: orphan0_0, orphan1_0, orphan2_0, orphan3_0, orphan4_0 (+2 more)" in msg
+    assert f"no trimap in {trimap_dir} for 8: fg0_1, orphan0_0" in msg
+
+
+@pytest.mark.parametrize("problem", ["16-bit", "palette", "size", "size (bmp)", "corrupt"])
+def test_bad_files_stop_with_one_line_naming_the_file(tmp_path, problem):
+    _dataset(tmp_path, n_fg=2, n_k=1)
+    pred_dir, alpha_dir, trimap_dir = _dirs(tmp_path)
+    bad = pred_dir / "fg1_0.png"
+    if problem == "16-bit":
+        cv2.imwrite(str(bad), np.zeros((30, 41), np.uint16))
+    elif problem == "palette":
+        Image.fromarray(np.zeros((30, 41), np.uint8), mode="L").convert("P").save(bad)
+    elif problem == "size":
+        write_png(bad, np.zeros((30, 40), np.uint8))
+    elif problem == "size (bmp)":  # not a PNG: caught when read
+        bad.unlink()
+        bad = pred_dir / "fg1_0.bmp"
+        assert cv2.imwrite(str(bad), np.zeros((29, 41), np.uint8))
+    else:
+        bad.write_bytes(b"\x89PNG\r\n\x1a\nthis is not a png")
+    with pytest.raises(MattingError) as err:
+        evaluate_folders(pred_dir, alpha_dir, trimap_dir, workers=1, progress=False)
+    msg = str(err.value)
+    assert "\n" not in msg and str(bad) in msg, msg
+    expected = {"16-bit": "16-bit", "palette": "palette", "size": "does not match",
+                "size (bmp)": "does not match", "corrupt": ""}[problem]
+    assert expected in msg
+
+
+def test_several_header_problems_reported_together(tmp_path):
+    _dataset(tmp_path, n_fg=2, n_k=2)
+    pred_dir, alpha_dir, trimap_dir = _dirs(tmp_path)
+    cv2.imwrite(str(pred_dir / "fg0_1.png"), np.zeros((30, 41), np.uint16))
+    write_png(trimap_dir / "fg1_1.png", np.zeros((31, 41), np.uint8))
+    with pytest.raises(MattingError, match=r"^2 input problem\(s\): .*fg0_1\.png: 16-bit.*fg1_1\.png: size 41x31"):
+        evaluate_folders(pred_dir, alpha_dir, trimap_dir, workers=1, progress=False)
+
+
+def test_trimap_without_unknown_warns_and_gives_nan_mse(tmp_path):
+    truth = _dataset(tmp_path, n_fg=1, n_k=2)
+    pred_dir, alpha_dir, trimap_dir = _dirs(tmp_path)
+    write_png(trimap_dir / "fg0_1.png", np.full((30, 41), 127, np.uint8))
+    with pytest.warns(NoUnknownPixelsWarning, match=r"fg0_1\.png: no unknown \(128\) pixel"):
+        rows = evaluate_folders(pred_dir, alpha_dir, trimap_dir, workers=1, progress=False)
+    assert math.isnan(rows[1]["mse"]) and rows[1]["sad"] == rows[1]["grad"] == rows[1]["conn"] == 0.0
+    summary = summarize(rows)
+    assert summary["images"] == 2 and summary["mse_nan"] == 1
+    assert summary["mse"] == rows[0]["mse"]  # the NaN image is left out of the MSE mean only
+    assert summary["sad"] == pytest.approx(rows[0]["sad"] / 2, rel=1e-15)
+    assert "1 trimap(s) have no unknown (128) pixel" in format_table(rows, summary)
+
+
+def test_summarize_known_values():
+    rows = [{"name": "a", "sad": 1.0, "mse": 0.25, "grad": 3.0, "conn": 0.5},
+            {"name": "b", "sad": 2.0, "mse": math.nan, "grad": 0.0, "conn": 0.0},
+            {"name": "c", "sad": 6.0, "mse": 0.75, "grad": 6.0, "conn": 1.0}]
+    assert summarize(rows) == {"sad": 3.0, "mse": 0.5, "grad": 3.0, "conn": 0.5, "images": 3, "mse_nan": 1}
+    all_nan = summarize([rows[1]])
+    assert math.isnan(all_nan["mse"]) and all_nan["mse_nan"] == 1
+
+
+def test_csv_rows_mean_row_and_exact_values(tmp_path):
+    rows = [{"name": "a_0", "sad": 0.1 + 0.2, "mse": 1 / 3, "grad": 2.5, "conn": 1e-7},
+            {"name": "b_0", "sad": 1.0, "mse": math.nan, "grad": 0.5, "conn": 3.0}]
+    out = tmp_path / "sub" / "metrics.csv"
+    out.parent.mkdir()
+    out.write_text("old content")
+    write_csv(rows, out)
+    with open(out, newline="") as f:
+        table = list(csv.reader(f))
+    assert table[0] == ["name", "sad", "mse", "grad", "conn"]
+    assert [r[0] for r in table[1:]] == ["a_0", "b_0", "mean"]
+    assert float(table[1][1]) == 0.1 + 0.2 and float(table[1][2]) == 1 / 3  # full precision survives
+    assert table[2][2] == "nan"
+    assert [float(x) for x in table[3][1:]] == [(0.1 + 0.2 + 1.0) / 2, 1 / 3, 1.5, (1e-7 + 3.0) / 2]
+    assert sorted(p.name for p in out.parent.iterdir()) == ["metrics.csv"]  # no temporary file left
+    with pytest.raises(MattingError, match="is a folder"):
+        write_csv(rows, tmp_path)
+
+
+def test_cli_scores_prints_and_writes_csv(tmp_path, capsys):
+    _dataset(tmp_path, n_fg=1, n_k=2)
+    pred_dir, alpha_dir, trimap_dir = _dirs(tmp_path)
+    out = tmp_path / "m.csv"
+    code = main(["--pred", str(pred_dir), "--gt", str(alpha_dir), "--trimap", str(trimap_dir), "--out", str(out),
+                 "--workers", "1", "--no-progress"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    rows = evaluate_folders(pred_dir, alpha_dir, trimap_dir, workers=1, progress=False)
+    assert format_table(rows) in printed
+    with open(out, newline="") as f:
+        table = list(csv.reader(f))
+    assert [r[0] for r in table] == ["name", "fg0_0", "fg0_1", "mean"]
+    assert float(table[1][4]) == rows[0]["conn"]
+
+
+def test_cli_user_errors_are_one_line_exit_2(tmp_path, capsys):
+    _dataset(tmp_path, n_fg=1, n_k=1)
+    pred_dir, alpha_dir, trimap_dir = _dirs(tmp_path)
+    write_png(pred_dir / "fg0_0.png", np.zeros((3, 3), np.uint8))
+    code = main(["--pred", str(pred_dir), "--gt", str(alpha_dir), "--trimap", str(trimap_dir), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("error: ") and err.count("\n") == 1 and "fg0_0.png: size 3x3" in err
+    assert main(["--bench", "--bench-size", "big"]) == 2
+    assert "--bench-size" in capsys.readouterr().err
+
+
+def test_cli_bench_prints_seconds_per_megapixel(capsys):
+    assert main(["--bench", "--bench-size", "80x60", "--repeat", "1"]) == 0
+    printed = capsys.readouterr().out
+    for label in ("sad", "mse", "grad", "conn", "all four"):
+        assert re.search(rf"^{label}\s+\d+\.\d+\s+\d+\.\d+$", printed, re.M), label
+    assert "s/Mpx" in printed
