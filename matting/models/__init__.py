@@ -1,0 +1,53 @@
+"""Encoder-decoder matting networks with a registry upsampler at every decoder stage.
+
+    from matting.models import build_model, make_input, predict_alpha
+
+    model = build_model("resnet34", upsampler="fade")            # the paper's network, output stride 16
+    x = make_input(image, trimap)      # image (B, 3, H, W) in [0, 1], trimap (B, 1, H, W) uint8 0/128/255
+    raw = model(x)                     # (B, 1, H, W), unbounded: what the losses see in training
+    alpha = predict_alpha(model.eval(), x)                        # clamped to [0, 1]
+
+H and W must be multiples of ``model.output_stride`` (16 for resnet34, 32 for mobilenetv2); other sizes raise
+:class:`InputSizeError`, a ValueError (the evaluation pads, the network never crops).
+"""
+
+from .aspp import ASPP
+from .batchnorm import FrozenBatchNorm2d, convert_sync_batchnorm, freeze_batchnorm
+from .build import ENCODER_OPTIONS, MODELS, build_model
+from .decoder import Decoder, DecoderStage
+from .matting_net import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    InputSizeError,
+    MattingHead,
+    MattingNet,
+    make_input,
+    predict_alpha,
+)
+from .mobilenet_encoder import MobileNetV2Encoder
+from .resnet_encoder import ResNet34Encoder
+from .summary import count_parameters, model_costs, summary
+
+__all__ = [
+    "ASPP",
+    "Decoder",
+    "DecoderStage",
+    "ENCODER_OPTIONS",
+    "FrozenBatchNorm2d",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "InputSizeError",
+    "MODELS",
+    "MattingHead",
+    "MattingNet",
+    "MobileNetV2Encoder",
+    "ResNet34Encoder",
+    "build_model",
+    "convert_sync_batchnorm",
+    "count_parameters",
+    "freeze_batchnorm",
+    "make_input",
+    "model_costs",
+    "predict_alpha",
+    "summary",
+]

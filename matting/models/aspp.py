@@ -1,0 +1,69 @@
+"""Atrous spatial pyramid pooling, the context module of the IndexNet / A2U / FADE matting networks."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import Tensor, nn
+import torch
+
+from .layers import LEAKY_SLOPE, ConvBNAct, init_new_conv
+
+__all__ = ["ASPP", "aspp_dilations"]
+
+
+def aspp_dilations(output_stride: int) -> tuple[int, int, int]:
+    """The dilations of the three 3x3 branches used by the official code at a given output stride."""
+    table = {8: (12, 24, 36), 16: (6, 12, 18), 32: (2, 4, 8)}
+    if output_stride not in table:
+        raise ValueError(f"ASPP: no dilation preset for output stride {output_stride} (known: 8, 16, 32)")
+    return table[output_stride]
+
+
+class ASPP(nn.Module):
+    """ASPP as in the official matting code: five parallel branches, concatenated, fused by a 1x1 conv.
+
+    Branches (each ending in BN + leaky ReLU): a 1x1 conv; three depthwise-separable dilated 3x3 convs (a
+    depthwise 3x3 with the given dilation, then a 1x1 conv: the official code's way of saving parameters);
+    image pooling (global average -> 1x1 conv, broadcast back to H x W). Then 1x1 conv of the concatenation to
+    ``out_channels`` (BN + leaky ReLU) and dropout.
+
+    The pooling branch normalises after broadcasting to H x W rather than on the 1 x 1 map: the normalised
+    values are identical (the per-channel batch mean and biased variance of B broadcast copies equal those of
+    the B values), but it also trains with a batch of one, where BN on a 1 x 1 map raises.
+
+    Shapes: (B, in_channels, H, W) -> (B, out_channels, H, W).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        dilations: Sequence[int] = (6, 12, 18),
+        inner_channels: int = 256,
+        dropout: float = 0.5,
+    ) -> None:
+        super().__init__()
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"ASPP: dropout must be in [0, 1), got {dropout!r}")
+        self.branch1x1 = ConvBNAct(in_channels, inner_channels, 1)
+        self.branches3x3 = nn.ModuleList(
+            nn.Sequential(
+                ConvBNAct(in_channels, in_channels, 3, dilation=d, groups=in_channels),
+                ConvBNAct(in_channels, inner_channels, 1),
+            )
+            for d in dilations
+        )
+        self.pool_conv = nn.Conv2d(in_channels, inner_channels, 1, bias=False)
+        self.pool_bn = nn.BatchNorm2d(inner_channels)
+        self.pool_act = nn.LeakyReLU(LEAKY_SLOPE, inplace=True)
+        self.project = ConvBNAct(inner_channels * (2 + len(dilations)), out_channels, 1)
+        self.dropout = nn.Dropout(dropout)
+        init_new_conv(self)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h, w = x.shape[-2:]
+        pooled = self.pool_conv(x.mean(dim=(2, 3), keepdim=True)).expand(-1, -1, h, w)
+        feats = [self.branch1x1(x)] + [b(x) for b in self.branches3x3]
+        feats.append(self.pool_act(self.pool_bn(pooled)))
+        return self.dropout(self.project(torch.cat(feats, dim=1)))

@@ -1,0 +1,138 @@
+"""The matting network (encoder -> context -> decoder -> head), its input encoding and inference clamp."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from matting.errors import MattingError
+
+from .layers import ConvBNAct, init_new_conv
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "InputSizeError",
+    "MattingHead",
+    "MattingNet",
+    "make_input",
+    "predict_alpha",
+]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class InputSizeError(MattingError, ValueError):
+    """The network input has a size the network cannot take (not a multiple of its output stride)."""
+
+
+def make_input(image: Tensor, trimap: Tensor) -> Tensor:
+    """The network input: ImageNet-normalised RGB plus the trimap / 255 as a 4th channel (IndexNet, A2U).
+
+    Args:
+        image: (B, 3, H, W) float RGB in [0, 1] (not normalised).
+        trimap: (B, 1, H, W) uint8 with values {0, 128, 255} (background, unknown, foreground).
+
+    Returns:
+        (B, 4, H, W) tensor of ``image``'s dtype and device: channels 0-2 are ``(rgb - mean) / std`` with the
+        ImageNet statistics, channel 3 is ``trimap / 255`` in {0, 128/255, 1}.
+
+    Plain tensor ops only, so it traces and exports with the network.
+    """
+    if image.dim() != 4 or image.shape[1] != 3 or not image.is_floating_point():
+        raise ValueError(f"make_input: image must be a (B, 3, H, W) float tensor, got {tuple(image.shape)} {image.dtype}")
+    if trimap.dim() != 4 or trimap.shape[1] != 1 or trimap.dtype != torch.uint8:
+        raise ValueError(
+            f"make_input: trimap must be a (B, 1, H, W) uint8 tensor with values 0/128/255, "
+            f"got {tuple(trimap.shape)} {trimap.dtype}"
+        )
+    if image.shape[0] != trimap.shape[0] or image.shape[2:] != trimap.shape[2:]:
+        raise ValueError(f"make_input: image {tuple(image.shape)} and trimap {tuple(trimap.shape)} differ in size")
+    mean = torch.tensor(IMAGENET_MEAN, dtype=image.dtype, device=image.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=image.dtype, device=image.device).view(1, 3, 1, 1)
+    return torch.cat([(image - mean) / std, trimap.to(image.dtype) / 255.0], dim=1)
+
+
+class MattingHead(nn.Sequential):
+    """The official prediction head: 3x3 conv (C -> 1) + BN + leaky ReLU, then a 3x3 conv 1 -> 1 without bias.
+
+    The last conv (the official code calls it "very important") makes the output a linear function of the
+    activation instead of a leaky ReLU, which would shrink every negative prediction 100x.
+    Shapes: (B, C, H, W) -> (B, 1, H, W), unbounded.
+    """
+
+    def __init__(self, in_channels: int) -> None:
+        super().__init__(ConvBNAct(in_channels, 1, 3), nn.Conv2d(1, 1, 3, padding=1, bias=False))
+        init_new_conv(self)
+
+
+class MattingNet(nn.Module):
+    """Encoder -> context (ASPP) -> decoder (one registry upsampler per stage) -> head.
+
+    ``forward(x)``: x (B, 4, H, W) from :func:`make_input`, H and W multiples of ``output_stride``; returns the
+    raw alpha (B, 1, H, W), NOT limited to [0, 1]. Training uses this raw output (no sigmoid, no clipping),
+    as the official IndexNet/A2U/FADE code does: much of the ground truth is exactly 0 or 1, which a sigmoid
+    reaches only at infinite logits (its gradient vanishes where the loss is most often evaluated), and
+    clipping in training would zero the gradient of every out-of-range pixel. Inference clamps to [0, 1]:
+    :func:`predict_alpha`.
+
+    Submodules: ``encoder``, ``context``, ``decoder`` (``decoder.stages[i].up`` is stage i's upsampler),
+    ``head``. Build it with :func:`matting.models.build_model`.
+    """
+
+    def __init__(self, encoder: nn.Module, context: nn.Module, decoder: nn.Module, head: nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.context = context
+        self.decoder = decoder
+        self.head = head
+        self.output_stride: int = encoder.output_stride
+
+    def check_input(self, x: Tensor) -> None:
+        """Raises InputSizeError (a ValueError) naming the size and the stride if ``x`` cannot be processed."""
+        if x.dim() != 4 or x.shape[1] != 4:
+            raise InputSizeError(f"network input must be (B, 4, H, W) (see make_input), got {tuple(x.shape)}")
+        h, w = int(x.shape[2]), int(x.shape[3])
+        s = self.output_stride
+        if h % s or w % s or h == 0 or w == 0:
+            ph, pw = max(s, -(-h // s) * s), max(s, -(-w // s) * s)
+            raise InputSizeError(
+                f"input size {h}x{w} is not a multiple of the output stride {s}: pad it to {ph}x{pw} "
+                f"(the evaluation pads and crops back; the network never crops)"
+            )
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.check_input(x)
+        deep, stages = self.encoder(x)
+        return self.head(self.decoder(self.context(deep), stages))
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Trainable parameters split for the optimiser, as in the IndexNet/A2U recipes.
+
+        Returns ``{"encoder": [...], "decoder": [...]}``: "encoder" holds the parameters that ImageNet weights
+        initialise (trained at lr x 0.01 in the recipes), "decoder" everything else: context module, skips,
+        projections, decoder blocks, upsamplers, head, and new encoder parts such as MobileNetV2's input stem.
+        Frozen parameters (``requires_grad=False``, e.g. frozen BatchNorm) are in neither list.
+        """
+        backbone = {id(p) for m in self.encoder.backbone_modules() for p in m.parameters()}
+        groups: dict[str, list[nn.Parameter]] = {"encoder": [], "decoder": []}
+        for p in self.parameters():
+            if p.requires_grad:
+                groups["encoder" if id(p) in backbone else "decoder"].append(p)
+        return groups
+
+    def summary(self, input_size: tuple[int, int, int, int] = (1, 4, 512, 512)) -> str:
+        """Markdown table of parameters and multiply-adds per part; see :func:`matting.models.summary.summary`."""
+        from .summary import summary
+
+        return summary(self, input_size)
+
+
+@torch.no_grad()
+def predict_alpha(model: nn.Module, x: Tensor) -> Tensor:
+    """Inference: ``model(x)`` clamped to [0, 1], without gradients. Returns (B, 1, H, W) float in [0, 1].
+
+    The caller pads ``x`` to a multiple of ``model.output_stride`` and puts the model in eval mode.
+    """
+    return model(x).clamp_(0.0, 1.0)
