@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import shutil
 import sys
 import time
@@ -390,7 +391,7 @@ def _prepare_out(out: Path) -> None:
 
 
 def make_demo(
-    out_dir: str,
+    out_dir: str | os.PathLike,
     seed: int = 0,
     *,
     train_fgs: int = 24,
