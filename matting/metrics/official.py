@@ -69,8 +69,9 @@ def matlab_thresholds(step: float = CONN_STEP) -> np.ndarray:
 
 _THRESHOLDS = matlab_thresholds()
 # pred = single(pred)/255 is compared with the double thresholds; MATLAB does mixed single/double work in single,
-# so the test is float32(v)/float32(255) >= float32(t). For 8-bit input this is "v >= code": 153/255 rounds to
-# exactly single(0.6), so 153 passes 0.6 (float64 153/255 = 0.59999999999999998 < 0.6 would drop it).
+# so the test is float32(v)/float32(255) >= float32(t) (comparing the single value with the double threshold
+# gives the same codes). For 8-bit input this is "v >= code": 153/255 rounds to exactly single(0.6), so 153
+# passes 0.6, whereas float64 153/255 (= 0.6) is below np.arange(0, 1.1, 0.1)[6] = 0.6000000000000001.
 _U8_TO_SINGLE = np.arange(256, dtype=np.float32) / np.float32(255)
 CONN_THRESHOLD_CODES: tuple[int, ...] = tuple(
     int(np.argmax(_U8_TO_SINGLE >= np.float32(t))) if _U8_TO_SINGLE[-1] >= np.float32(t) else 256
