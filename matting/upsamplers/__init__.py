@@ -12,6 +12,8 @@ from .registry import (
     build_upsampler,
     register_upsampler,
 )
+from .carafe import CARAFE
+from .encoder_paired import A2U, IndexNetUpsampler
 from .fade import FADE, FADELite, convert_official_fade_state_dict, semi_shift_logits
 from .reassembly import carafe
 from .simple import BilinearUpsampler, DeconvUpsampler, NearestUpsampler, PixelShuffleUpsampler
@@ -23,7 +25,10 @@ __all__ = [
     "available_upsamplers",
     "build_upsampler",
     "register_upsampler",
+    "A2U",
+    "CARAFE",
     "FADE",
+    "IndexNetUpsampler",
     "FADELite",
     "carafe",
     "convert_official_fade_state_dict",

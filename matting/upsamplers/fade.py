@@ -17,6 +17,16 @@ Both ``en`` and ``de`` must have the same channel count C, because the gate mixe
 
 Parameters are named ``gate``, ``compress_en``, ``compress_de``, ``kernel_conv`` (plain ``nn.Conv2d``), so
 weights of the official implementation load after :func:`convert_official_fade_state_dict`.
+
+Two exact rewrites keep full-resolution use cheap (both are tested against the plain definition):
+
+- the decoder branch is added to the encoder branch through a broadcast view instead of materialising its
+  nearest-upsampled copy;
+- when it needs fewer multiply-adds (FADE with C < ~60 for m = 64, K = 5), ``compress_en`` is folded into
+  ``kernel_conv``: both are linear, so ``kernel_conv(compress_en(en))`` is one 3x3 conv C -> K*K of ``en``
+  with weights ``W @ A``, plus the bias of ``compress_en`` seen through the zero-padded 3x3 window (which is
+  not constant on the border). The (B, m, sH, sW) embedding is then never stored, which is most of FADE's
+  memory at full resolution. Gradients reach ``compress_en`` and ``kernel_conv`` through the folded weights.
 """
 
 from __future__ import annotations
@@ -27,6 +37,8 @@ from collections.abc import Mapping
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from matting.utils.flops import add_macs
 
 from .reassembly import IMPLEMENTATIONS, carafe
 from .registry import Upsampler, UpsamplerConfigError, register_upsampler
@@ -57,6 +69,12 @@ def semi_shift_logits(
     return from_en + F.interpolate(from_de, scale_factor=scale, mode="nearest")
 
 
+def _valid_taps(n: int, like: torch.Tensor) -> torch.Tensor:
+    """(3, n): entry [i, y] is 1 where tap i of a zero-padded 3-wide window centred at y is inside 0..n-1."""
+    pos = torch.arange(n, device=like.device) + torch.arange(-1, 2, device=like.device)[:, None]
+    return ((pos >= 0) & (pos < n)).to(like.dtype)
+
+
 class _SemiShiftUpsampler(Upsampler):
     """Shared body of FADE and FADE-Lite; ``embedding_dim`` and ``depthwise`` select the kernel generator."""
 
@@ -70,6 +88,7 @@ class _SemiShiftUpsampler(Upsampler):
         embedding_dim: int,
         depthwise: bool,
         reassembly: str,
+        fold_compress_en: bool | None = None,
     ) -> None:
         super().__init__(in_channels, scale)
         name = type(self).__name__
@@ -81,9 +100,19 @@ class _SemiShiftUpsampler(Upsampler):
             raise UpsamplerConfigError(
                 f"{name}: reassembly must be one of {', '.join(IMPLEMENTATIONS)}, got {reassembly!r}"
             )
+        if fold_compress_en not in (None, True, False):
+            raise UpsamplerConfigError(f"{name}: fold_compress_en must be true, false or null, got {fold_compress_en!r}")
+        if fold_compress_en and depthwise:
+            raise UpsamplerConfigError(f"{name}: fold_compress_en is only implemented for a dense kernel_conv")
+        k2 = up_kernel_size * up_kernel_size
+        if fold_compress_en is None:
+            # MACs per output pixel of the encoder branch, folded (incl. the one-channel bias conv) vs not.
+            folded = 9 * k2 * (in_channels + 1)
+            plain = in_channels * embedding_dim + 9 * embedding_dim * k2 // (k2 if depthwise else 1)
+            fold_compress_en = not depthwise and folded < plain
         self.up_kernel_size = up_kernel_size
         self.reassembly = reassembly
-        k2 = up_kernel_size * up_kernel_size
+        self.fold_compress_en = fold_compress_en
         self.gate = nn.Conv2d(in_channels, 1, kernel_size=1)
         self.compress_en = nn.Conv2d(in_channels, embedding_dim, kernel_size=1)
         self.compress_de = nn.Conv2d(in_channels, embedding_dim, kernel_size=1, bias=False)
@@ -98,15 +127,45 @@ class _SemiShiftUpsampler(Upsampler):
                 nn.init.zeros_(m.bias)
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, up_kernel_size={self.up_kernel_size}, reassembly={self.reassembly!r}"
+        return (
+            f"{super().extra_repr()}, up_kernel_size={self.up_kernel_size}, reassembly={self.reassembly!r}, "
+            f"fold_compress_en={self.fold_compress_en}"
+        )
 
     def gate_map(self, de: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, 1, sH, sW) in (0, 1): the weight of ``en`` in the output."""
         return torch.sigmoid(F.interpolate(self.gate(de), scale_factor=self.scale, mode="nearest"))
 
     def kernel_logits(self, en: torch.Tensor, de: torch.Tensor) -> torch.Tensor:
-        """(B, K*K, sH, sW) semi-shift logits, before softmax."""
-        return semi_shift_logits(en, de, self.compress_en, self.compress_de, self.kernel_conv, self.scale)
+        """(B, K*K, sH, sW) semi-shift logits, before softmax; equal to :func:`semi_shift_logits`."""
+        if self.fold_compress_en:
+            logits = self._folded_encoder_logits(en)
+        else:
+            logits = self.kernel_conv(self.compress_en(en))
+        from_de = self.kernel_conv(self.compress_de(de))
+        # Nearest upsampling by broadcasting over phase views: no full-resolution copy of the decoder branch.
+        # (Out of place: an in-place add on a view would make autograd copy the whole gradient back.)
+        b, k2, h, w = from_de.shape
+        s = self.scale
+        logits = logits.view(b, k2, h, s, w, s) + from_de[:, :, :, None, :, None]
+        return logits.view(b, k2, h * s, w * s)
+
+    def _folded_encoder_logits(self, en: torch.Tensor) -> torch.Tensor:
+        """kernel_conv(compress_en(en)) as one 3x3 conv of ``en``; see the module docstring."""
+        conv_w, conv_b = self.kernel_conv.weight, self.kernel_conv.bias  # (K2, m, 3, 3), (K2,)
+        proj_w, proj_b = self.compress_en.weight.flatten(1), self.compress_en.bias  # (m, C), (m,)
+        logits = F.conv2d(en, torch.einsum("omij,mc->ocij", conv_w, proj_w), conv_b, padding=1)
+        # The embedding's bias is zero-padded like the rest of the embedding, so on the border fewer of the
+        # 3x3 taps see it. Its contribution, the same for every image of the batch, is
+        #   sum_ij taps[o, i, j] * row_ok[i, y] * col_ok[j, x],
+        # computed as two small contractions instead of a conv of a ones map.
+        taps = torch.einsum("omij,m->oij", conv_w, proj_b)  # (K2, 3, 3)
+        h, w = en.shape[-2:]
+        per_row = torch.einsum("oij,jx->oix", taps, _valid_taps(w, en))  # (K2, 3, W)
+        border_bias = torch.matmul(_valid_taps(h, en).t(), per_row)  # (K2, H, W)
+        k2, b, c = conv_w.shape[0], en.shape[0], en.shape[1]
+        add_macs(h * w * 9 * k2 * b * c + h * w * k2 * 3)
+        return logits.add_(border_bias)
 
     def kernels(self, en: torch.Tensor, de: torch.Tensor) -> torch.Tensor:
         """(B, K*K, sH, sW) reassembly kernels: non-negative, summing to 1 over dim 1."""
@@ -129,6 +188,8 @@ class FADE(_SemiShiftUpsampler):
         embedding_dim: width m of the compressed features (64).
         reassembly: ``"lean"`` (default) or ``"reference"`` (the official unfold formulation; same result,
             about 25x the output in extra memory; for tests and benchmarks).
+        fold_compress_en: fold ``compress_en`` into ``kernel_conv`` (an exact rewrite, see the module
+            docstring); None (default) folds when that needs fewer multiply-adds.
     """
 
     def __init__(
@@ -138,8 +199,11 @@ class FADE(_SemiShiftUpsampler):
         up_kernel_size: int = 5,
         embedding_dim: int = 64,
         reassembly: str = "lean",
+        fold_compress_en: bool | None = None,
     ) -> None:
-        super().__init__(in_channels, scale, up_kernel_size, embedding_dim, depthwise=False, reassembly=reassembly)
+        super().__init__(
+            in_channels, scale, up_kernel_size, embedding_dim, False, reassembly, fold_compress_en=fold_compress_en
+        )
 
 
 @register_upsampler("fade_lite")
@@ -148,7 +212,7 @@ class FADELite(_SemiShiftUpsampler):
 
     def __init__(self, in_channels: int, scale: int = 2, up_kernel_size: int = 5, reassembly: str = "lean") -> None:
         k2 = up_kernel_size * up_kernel_size if isinstance(up_kernel_size, int) else 1
-        super().__init__(in_channels, scale, up_kernel_size, k2, depthwise=True, reassembly=reassembly)
+        super().__init__(in_channels, scale, up_kernel_size, k2, True, reassembly)
 
 
 # Official (poppinace/fade, FADE_L2H.py) module paths -> ours. Matched as whole dotted segments anywhere in a

@@ -1,0 +1,70 @@
+"""CARAFE (Wang et al., ICCV 2019): content-aware reassembly with kernels predicted from the decoder alone."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .reassembly import IMPLEMENTATIONS, carafe
+from .registry import Upsampler, UpsamplerConfigError, register_upsampler
+
+__all__ = ["CARAFE"]
+
+
+@register_upsampler("carafe")
+class CARAFE(Upsampler):
+    """CARAFE upsampler; ignores ``en``. de (B, C, H, W) -> (B, C, sH, sW).
+
+    kernels = softmax_K*K(pixel_shuffle(content_encoder(channel_compressor(de)), s)), then the same
+    :func:`carafe` reassembly FADE uses. ``channel_compressor`` (1x1, C -> m) and ``content_encoder``
+    (k_enc x k_enc, m -> K*K*s*s) keep mmcv's ``CARAFEPack`` names, channel order and initialisation
+    (Xavier-uniform, content encoder N(0, 0.001)), so its weights load unchanged (``up_group`` = 1).
+
+    Args:
+        channels: C.  scale: s.  up_kernel_size: K (5).  encoder_kernel_size: k_enc (3).
+        compressed_channels: m (64).  reassembly: ``"lean"`` or ``"reference"``.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        scale: int = 2,
+        up_kernel_size: int = 5,
+        encoder_kernel_size: int = 3,
+        compressed_channels: int = 64,
+        reassembly: str = "lean",
+    ) -> None:
+        super().__init__(channels, scale)
+        for key, value in (("up_kernel_size", up_kernel_size), ("encoder_kernel_size", encoder_kernel_size)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1 or value % 2 == 0:
+                raise UpsamplerConfigError(f"carafe: {key} must be a positive odd int, got {value!r}")
+        if isinstance(compressed_channels, bool) or not isinstance(compressed_channels, int) or compressed_channels < 1:
+            raise UpsamplerConfigError(f"carafe: compressed_channels must be a positive int, got {compressed_channels!r}")
+        if reassembly not in IMPLEMENTATIONS:
+            raise UpsamplerConfigError(f"carafe: reassembly must be one of {', '.join(IMPLEMENTATIONS)}, got {reassembly!r}")
+        self.up_kernel_size = up_kernel_size
+        self.reassembly = reassembly
+        self.channel_compressor = nn.Conv2d(channels, compressed_channels, 1)
+        self.content_encoder = nn.Conv2d(
+            compressed_channels,
+            up_kernel_size * up_kernel_size * scale * scale,
+            encoder_kernel_size,
+            padding=encoder_kernel_size // 2,
+        )
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.xavier_uniform_(self.channel_compressor.weight)
+        nn.init.zeros_(self.channel_compressor.bias)
+        # Near-zero logits: the kernels start close to uniform averaging over the K x K window.
+        nn.init.normal_(self.content_encoder.weight, std=0.001)
+        nn.init.zeros_(self.content_encoder.bias)
+
+    def kernels(self, de: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, K*K, sH, sW) kernels, softmax-normalised over dim 1."""
+        logits = F.pixel_shuffle(self.content_encoder(self.channel_compressor(de)), self.scale)
+        return torch.softmax(logits, dim=1)
+
+    def upsample(self, en: torch.Tensor | None, de: torch.Tensor) -> torch.Tensor:
+        return carafe(de, self.kernels(de), self.up_kernel_size, self.scale, impl=self.reassembly)
