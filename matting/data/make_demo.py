@@ -223,16 +223,25 @@ def _strands(rng, body_sd: np.ndarray, colour: np.ndarray, count: int, reach: fl
     return colour, alpha
 
 
-def _glass(rng, h: int, w: int, pool: np.ndarray) -> Layer:
-    """A glass-like object: constant alpha 0.3-0.7 inside, a denser rim, a pale tinted colour and a highlight."""
+def _glass(rng, body_sd: np.ndarray, pool: np.ndarray) -> Layer:
+    """A glass-like object: constant alpha 0.3-0.7 inside, a denser rim, a pale tinted colour and a highlight.
+
+    It is centred beside the body when there is room (glass in front of an opaque body would read as opaque).
+    """
+    h, w = body_sd.shape
     s = min(h, w)
-    sd = _ellipse_sd(rng, h, w, rng.uniform(0.3, 0.7) * h, rng.uniform(0.3, 0.7) * w,
-                     rng.uniform(0.12, 0.25) * s, rng.uniform(0.12, 0.25) * s, rng.uniform(0.0, 0.05))
+    r = rng.uniform(0.12, 0.25) * s
+    y, x = _grid(h, w)
+    room = (body_sd > 0.6 * r) & (np.abs(y - h / 2) < 0.35 * h) & (np.abs(x - w / 2) < 0.35 * w)
+    spots = np.argwhere(room)
+    if len(spots):
+        cy, cx = (float(c) for c in spots[rng.integers(len(spots))])
+    else:
+        cy, cx = rng.uniform(0.3, 0.7) * h, rng.uniform(0.3, 0.7) * w
+    sd = _ellipse_sd(rng, h, w, cy, cx, r, r * rng.uniform(0.6, 1.4), rng.uniform(0.0, 0.05))
     inside = _coverage(sd)
     rim = inside * _coverage(-(sd + rng.uniform(2, 5)))
     alpha = np.maximum(inside * rng.uniform(0.3, 0.7), rim * rng.uniform(0.8, 0.95))
-    y, x = _grid(h, w)
-    cy, cx = (float(c) for c in np.unravel_index(np.argmin(sd), sd.shape))
     spot = np.exp(-((y - cy + 0.1 * s) ** 2 + (x - cx + 0.1 * s) ** 2) / (2 * (0.05 * s) ** 2))
     tint = 0.5 + 0.5 * _texture(rng, h, w, pool)
     return np.clip(tint + 0.5 * spot[..., None], 0, 1).astype(np.float32), alpha
@@ -295,7 +304,7 @@ def render_foreground(rng: np.random.Generator, h: int, w: int, kind: str, pool:
         hair_colour = _texture(rng, h, w, pool)
         layers.append(_strands(rng, sd, hair_colour, count * max(1, s // 300), reach))
     if kind == "glass" or rng.random() < 0.2:
-        layers.append(_glass(rng, h, w, pool))
+        layers.append(_glass(rng, sd, pool))
     premult, alpha = _over(layers)
     if kind == "motion" or rng.random() < 0.15:
         premult, alpha = _motion_blur(rng, premult, alpha, int(rng.integers(7, 32)) | 1)
