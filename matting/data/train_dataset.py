@@ -1,0 +1,290 @@
+"""Training data: composites made on the fly from foregrounds, alphas and backgrounds, and a fixed validation split.
+
+- ``CompositionDataset``: sample i uses foreground i % n_fg, a random background and a random augmentation
+  (``matting.data.augment``), all drawn from a generator seeded by (seed, epoch, i): a sample depends on
+  nothing else, so it is the same with any number of workers, any batch size and after resuming.
+- ``ValidationDataset``: deterministic full-resolution composites of held-out training foregrounds, in the
+  test-set item format, so the test evaluation code scores them unchanged.
+- ``worker_init_fn``: for ``DataLoader(num_workers > 0)``.
+
+Both datasets take plain lists of paths, or a release object via ``from_release`` (anything with ``fg_paths``,
+``alpha_paths`` and ``bg_paths``, e.g. ``matting.data.release.TrainingRelease``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+from collections.abc import Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from matting.data import io
+from matting.data.augment import AugmentConfig, CompositionAugment
+from matting.data.trimap import trimap_from_alpha_dt
+from matting.errors import MattingError
+
+DEFAULT_BGS_PER_FG = 100
+"""Samples per foreground in one epoch by default: Composition-1k's 43,100 = 431 foregrounds x 100 backgrounds."""
+
+_MAX_LISTED = 50
+
+
+def _check_inputs(fg_paths: Sequence[Path], alpha_paths: Sequence[Path], bg_paths: Sequence[Path]) -> None:
+    """Raises one MattingError for empty or unequal lists, or listing every missing file."""
+    if not fg_paths:
+        raise MattingError("no training foregrounds given (the foreground list is empty)")
+    if len(fg_paths) != len(alpha_paths):
+        raise MattingError(f"{len(fg_paths)} foregrounds but {len(alpha_paths)} alphas: they must pair one to one")
+    if not bg_paths:
+        raise MattingError("no backgrounds given (the background list is empty)")
+    missing = [str(p) for p in (*fg_paths, *alpha_paths, *bg_paths) if not os.path.isfile(p)]
+    if missing:
+        more = f" ... and {len(missing) - _MAX_LISTED} more" if len(missing) > _MAX_LISTED else ""
+        raise MattingError(f"{len(missing)} input files not found: {', '.join(missing[:_MAX_LISTED])}{more}")
+
+
+def read_fg_alpha(fg_path: str | os.PathLike, alpha_path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """Reads a foreground and its alpha. Returns (fg (H, W, 3) uint8 RGB, alpha (H, W) uint8).
+
+    Raises MattingError naming both files when their sizes differ.
+    """
+    fg = io.read_rgb(fg_path)
+    alpha = io.read_gray(alpha_path)
+    io.check_same_size(fg_path, fg, alpha_path, alpha)
+    return fg, alpha
+
+
+def _chw(image: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
+
+
+class CompositionDataset(Dataset):
+    """Online composition of training crops.
+
+    Args:
+        fg_paths, alpha_paths: foregrounds and their alphas, paired by position.
+        bg_paths: backgrounds; each sample draws one uniformly.
+        augment: the recipe (``matting.data.augment.make_augment_config``).
+        seed: >= 0; with the epoch (``set_epoch``) and the index it determines every sample.
+        length: samples per epoch; default ``len(fg_paths) * 100``, the paper's 43,100 for 431 foregrounds.
+            Sample i uses foreground ``i % len(fg_paths)``, so every foreground appears equally often.
+        cache: decode every image once, up front, and keep it in memory (for small sets such as the demo one;
+            forked DataLoader workers share it copy-on-write). Also checks every fg/alpha pair's size up front.
+
+    Each item is a dict, S = ``augment.crop_size``: ``image``, ``fg``, ``bg``: (3, S, S) float32 RGB in [0, 1]
+    (not ImageNet-normalised); ``alpha``: (1, S, S) float32 in [0, 1]; ``trimap``: (1, S, S) uint8 in
+    {0, 128, 255}; ``name``: the foreground's file stem. image == alpha * fg + (1 - alpha) * bg.
+
+    Missing files (all of them), empty lists and unequal fg/alpha counts raise MattingError up front; a fg/alpha
+    size mismatch or an unreadable file raises MattingError naming the file(s) when it is read.
+    """
+
+    def __init__(
+        self,
+        fg_paths: Sequence[str | os.PathLike],
+        alpha_paths: Sequence[str | os.PathLike],
+        bg_paths: Sequence[str | os.PathLike],
+        augment: AugmentConfig,
+        seed: int,
+        length: int | None = None,
+        cache: bool = False,
+    ):
+        self.fg_paths = [Path(p) for p in fg_paths]
+        self.alpha_paths = [Path(p) for p in alpha_paths]
+        self.bg_paths = [Path(p) for p in bg_paths]
+        _check_inputs(self.fg_paths, self.alpha_paths, self.bg_paths)
+        if int(seed) != seed or seed < 0:
+            raise MattingError(f"seed must be an integer >= 0, got {seed!r}")
+        if length is not None and (int(length) != length or length < 1):
+            raise MattingError(f"samples per epoch must be a positive integer, got {length!r}")
+        self.augment = augment
+        self.seed = int(seed)
+        self.epoch = 0
+        self.length = len(self.fg_paths) * DEFAULT_BGS_PER_FG if length is None else int(length)
+        self._compose = CompositionAugment(augment)
+        self._pairs: list[tuple[np.ndarray, np.ndarray]] | None = None
+        self._bgs: list[np.ndarray] | None = None
+        if cache:
+            self._pairs = [read_fg_alpha(f, a) for f, a in zip(self.fg_paths, self.alpha_paths)]
+            self._bgs = [io.read_rgb(p) for p in self.bg_paths]
+
+    @classmethod
+    def from_release(
+        cls, release, augment: AugmentConfig, seed: int, length: int | None = None, cache: bool = False
+    ) -> "CompositionDataset":
+        """From any object with ``fg_paths``, ``alpha_paths`` and ``bg_paths`` (e.g. a ``TrainingRelease``)."""
+        return cls(release.fg_paths, release.alpha_paths, release.bg_paths, augment, seed, length, cache)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Selects the epoch whose samples ``__getitem__`` returns. Call it before creating the epoch's
+        DataLoader iterator (workers copy the dataset when the iterator starts; with ``persistent_workers`` they
+        would keep the old epoch)."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def sample_rng(self, index: int) -> np.random.Generator:
+        """The generator that drives sample ``index`` of the current epoch."""
+        return np.random.default_rng([self.seed, self.epoch, index])
+
+    def _pair(self, f: int) -> tuple[np.ndarray, np.ndarray]:
+        if self._pairs is not None:
+            return self._pairs[f]
+        return read_fg_alpha(self.fg_paths[f], self.alpha_paths[f])
+
+    def _bg(self, b: int) -> np.ndarray:
+        return self._bgs[b] if self._bgs is not None else io.read_rgb(self.bg_paths[b])
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor | str]:
+        if not 0 <= index < self.length:
+            raise IndexError(f"sample {index} out of range for an epoch of {self.length}")
+        rng = self.sample_rng(index)
+        n_fg = len(self.fg_paths)
+        f = index % n_fg
+        fg, alpha = self._pair(f)
+        bg = self._bg(int(rng.integers(len(self.bg_paths))))
+
+        def second() -> tuple[np.ndarray, np.ndarray]:
+            other = (f + 1 + int(rng.integers(n_fg - 1))) % n_fg if n_fg > 1 else f
+            return self._pair(other)
+
+        out = self._compose(fg, alpha, bg, rng, second=second)
+        return {
+            "image": _chw(out["image"]),
+            "fg": _chw(out["fg"]),
+            "bg": _chw(out["bg"]),
+            "alpha": torch.from_numpy(out["alpha"][None]),
+            "trimap": torch.from_numpy(out["trimap"][None]),
+            "name": self.fg_paths[f].stem,
+        }
+
+
+def worker_init_fn(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: seeds the global numpy/random/torch generators of the worker from the
+    per-worker seed the DataLoader chose (so code using global RNGs differs between workers, reproducibly) and
+    stops OpenCV from starting its own thread pool in every worker, which would oversubscribe the cores.
+
+    The samples of ``CompositionDataset`` do not depend on it: they use their own per-sample generators.
+    """
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+    torch.manual_seed(seed)
+    cv2.setNumThreads(0)
+
+
+def composite_truncated(fg: np.ndarray, alpha: np.ndarray, bg: np.ndarray) -> np.ndarray:
+    """Adobe's test-set composite: int(alpha * fg + (1 - alpha) * bg), alpha = a / 255, in float64.
+
+    Args:
+        fg, bg: (H, W, 3) uint8; alpha: (H, W) uint8.
+    Returns:
+        (H, W, 3) uint8. Equal to fg where alpha == 255 and to bg where alpha == 0.
+    """
+    a = alpha.astype(np.float64)[..., None] / 255.0
+    return (a * fg + (1.0 - a) * bg).astype(np.uint8)
+
+
+def background_for(bg: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
+    """The background as Adobe's test script uses it: enlarged (bicubic, aspect kept) only when smaller than
+    ``size_hw`` in a side, then its top-left ``size_hw`` corner. (H, W, 3) uint8."""
+    h, w = size_hw
+    ratio = max(h / bg.shape[0], w / bg.shape[1])
+    if ratio > 1:
+        new_w, new_h = math.ceil(bg.shape[1] * ratio), math.ceil(bg.shape[0] * ratio)
+        bg = cv2.resize(bg, (new_w, new_h), interpolation=cv2.INTER_CUBIC)
+    return np.ascontiguousarray(bg[:h, :w])
+
+
+class ValidationDataset(Dataset):
+    """Fixed composites of held-out training foregrounds, scored exactly like the test set.
+
+    Item i is foreground ``i // bgs_per_fg`` composited on background number ``k = i % bgs_per_fg`` of its own
+    fixed draw (distinct backgrounds per foreground when there are enough), with the test set's semantics
+    (``background_for`` + ``composite_truncated``). Its trimap is the alpha's fractional pixels dilated by
+    ``trimap_width`` px (``trimap_from_alpha_dt``). Everything depends only on ``seed`` and the lists.
+
+    Args:
+        fg_paths, alpha_paths: the validation foregrounds and alphas, paired by position.
+        bg_paths: backgrounds to draw from.
+        seed: >= 0.
+        bgs_per_fg: composites per foreground.
+        max_side: if set, fg and alpha are first downscaled (area interpolation) so the long side is at most this,
+            to keep validation cheap.
+        trimap_width: unknown band half-width of the fixed trimaps, in pixels of the (downscaled) composite.
+
+    Each item, in the test-set format (numpy arrays): ``image`` (H, W, 3) uint8 RGB, ``trimap`` (H, W) uint8 in
+    {0, 128, 255}, ``alpha`` (H, W) uint8 ground truth, ``name`` ``<fgstem>_<k>``.
+    """
+
+    split = "validation"
+    """Which split scores computed on these items come from, for logs."""
+
+    def __init__(
+        self,
+        fg_paths: Sequence[str | os.PathLike],
+        alpha_paths: Sequence[str | os.PathLike],
+        bg_paths: Sequence[str | os.PathLike],
+        seed: int,
+        bgs_per_fg: int = 2,
+        max_side: int | None = None,
+        trimap_width: int = 10,
+    ):
+        self.fg_paths = [Path(p) for p in fg_paths]
+        self.alpha_paths = [Path(p) for p in alpha_paths]
+        self.bg_paths = [Path(p) for p in bg_paths]
+        _check_inputs(self.fg_paths, self.alpha_paths, self.bg_paths)
+        if int(seed) != seed or seed < 0:
+            raise MattingError(f"seed must be an integer >= 0, got {seed!r}")
+        if int(bgs_per_fg) != bgs_per_fg or bgs_per_fg < 1:
+            raise MattingError(f"validation backgrounds per foreground must be >= 1, got {bgs_per_fg!r}")
+        if max_side is not None and (int(max_side) != max_side or max_side < 8):
+            raise MattingError(f"validation max_side must be an integer >= 8 or null, got {max_side!r}")
+        self.seed = int(seed)
+        self.bgs_per_fg = int(bgs_per_fg)
+        self.max_side = None if max_side is None else int(max_side)
+        self.trimap_width = trimap_width
+        n_bg = len(self.bg_paths)
+        self.bg_index: list[list[int]] = [
+            np.random.default_rng([self.seed, f])
+            .choice(n_bg, size=self.bgs_per_fg, replace=self.bgs_per_fg > n_bg)
+            .tolist()
+            for f in range(len(self.fg_paths))
+        ]
+
+    @classmethod
+    def from_release(
+        cls, release, seed: int, bgs_per_fg: int = 2, max_side: int | None = None, trimap_width: int = 10
+    ) -> "ValidationDataset":
+        """From any object with ``fg_paths``, ``alpha_paths`` and ``bg_paths`` (e.g. the validation part of
+        ``matting.data.release.split_validation``)."""
+        return cls(release.fg_paths, release.alpha_paths, release.bg_paths, seed, bgs_per_fg, max_side, trimap_width)
+
+    def __len__(self) -> int:
+        return len(self.fg_paths) * self.bgs_per_fg
+
+    def __getitem__(self, index: int) -> dict[str, np.ndarray | str]:
+        if not 0 <= index < len(self):
+            raise IndexError(f"item {index} out of range for {len(self)} validation composites")
+        f, k = divmod(index, self.bgs_per_fg)
+        fg, alpha = read_fg_alpha(self.fg_paths[f], self.alpha_paths[f])
+        h, w = alpha.shape
+        if self.max_side is not None and max(h, w) > self.max_side:
+            scale = self.max_side / max(h, w)
+            size = (max(1, round(w * scale)), max(1, round(h * scale)))
+            fg = cv2.resize(fg, size, interpolation=cv2.INTER_AREA)
+            alpha = cv2.resize(alpha, size, interpolation=cv2.INTER_AREA)
+        bg = background_for(io.read_rgb(self.bg_paths[self.bg_index[f][k]]), alpha.shape)
+        return {
+            "image": composite_truncated(fg, alpha, bg),
+            "trimap": trimap_from_alpha_dt(alpha, self.trimap_width),
+            "alpha": alpha,
+            "name": f"{self.fg_paths[f].stem}_{k}",
+        }
