@@ -1,1 +1,16 @@
 """Composition-1k data: reading the release, composing the test set, training datasets, the demo set."""
+
+# Release reading (matting.data.release). The command-line modules compose_test and make_demo are not
+# imported here: `python -m` on a module that its package already imported triggers a runpy warning.
+from matting.data.release import (  # noqa: E402
+    TestDataset,
+    TestRecord,
+    TrainingRelease,
+    load_fg_alpha,
+    load_test_item,
+    read_test_folder,
+    read_training_release,
+    resolve_test_source,
+    split_validation,
+    verify_training_release,
+)

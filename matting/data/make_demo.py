@@ -427,6 +427,10 @@ def make_demo(
         raise MattingError(f"demo: need 32 <= min_size <= max_size, got {min_size}, {max_size}")
     out = Path(out_dir)
     _prepare_out(out)
+    # The marker goes first: a run interrupted half-way leaves a folder that the next run may clear.
+    params = dict(seed=seed, train_fgs=train_fgs, test_fgs=test_fgs, min_size=min_size, max_size=max_size,
+                  train_bgs_per_fg=train_bgs_per_fg, test_bgs_per_fg=test_bgs_per_fg)
+    write_text_atomic(out / MARKER, json.dumps({"tool": "matting.data.make_demo", **params}, indent=1) + "\n")
     root = out / "Combined_Dataset"
     train_part, test_part = root / TRAIN_DIR, root / TEST_DIR
     train_bg_dir, test_bg_dir = out / "train_bg", out / "test_bg"
@@ -488,9 +492,6 @@ def make_demo(
     write_text_atomic(train_part / TRAIN_BG_LIST, "\n".join(listed_train_bgs) + "\n")
     write_text_atomic(test_part / TEST_FG_LIST, "\n".join(test_names) + "\n")
     write_text_atomic(test_part / TEST_BG_LIST, "\n".join(test_bg_names) + "\n")
-    params = dict(seed=seed, train_fgs=train_fgs, test_fgs=test_fgs, min_size=min_size, max_size=max_size,
-                  train_bgs_per_fg=train_bgs_per_fg, test_bgs_per_fg=test_bgs_per_fg)
-    write_text_atomic(out / MARKER, json.dumps({"tool": "matting.data.make_demo", **params}, indent=1) + "\n")
     return DemoSet(root, train_bg_dir, test_bg_dir, train_fgs, test_fgs, n_train_bg, len(test_bg_names), smaller)
 
 
