@@ -2,7 +2,7 @@
 
 # Release reading (matting.data.release). The command-line modules compose_test and make_demo are not
 # imported here: `python -m` on a module that its package already imported triggers a runpy warning.
-from matting.data.release import (  # noqa: E402
+from matting.data.release import (
     TestDataset,
     TestRecord,
     TrainingRelease,
