@@ -52,7 +52,9 @@ def test_reads_both_subsets_in_list_order(tmp_path):
     rel = read_training_release(ds, tmp_path / "coco")
     part = ds / "Training_set"
     assert rel.names == ["o1.jpg", "a1.jpg", "a2.jpg"] and len(rel) == 3 and rel.split == "all"
-    assert rel.fg_paths == [part / OTHER / "fg" / "o1.jpg", part / ADOBE / "fg" / "a1.jpg", part / ADOBE / "fg" / "a2.jpg"]
+    assert rel.fg_paths == [
+        part / OTHER / "fg" / "o1.jpg", part / ADOBE / "fg" / "a1.jpg", part / ADOBE / "fg" / "a2.jpg"
+    ]
     assert rel.alpha_paths == [p.parent.parent / "alpha" / p.name for p in rel.fg_paths]
     assert [p.name for p in rel.bg_paths] == [f"COCO_train2014_{j:012d}.jpg" for j in (3, 2, 1, 0)]
 
@@ -148,7 +150,8 @@ def test_verify_reports_every_problem_at_once(tmp_path):
             verify_training_release(rel, workers=workers)
         msg = str(err.value)
         assert msg.startswith("3 problems in the training data")
-        assert "a1.jpg: size 8x5 does not match" in msg and "16-bit" in msg and "000000000003.jpg: not a readable" in msg
+        assert "a1.jpg: size 8x5 does not match" in msg and "16-bit" in msg
+        assert "000000000003.jpg: not a readable" in msg
     verify_training_release(read_training_release(build_training_release(tmp_path / "ok"), tmp_path / "ok" / "coco"))
 
 

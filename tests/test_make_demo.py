@@ -13,7 +13,7 @@ import pytest
 from matting.data import compose_test, make_demo as md
 from matting.data.io import read_gray, read_rgb, read_trimap
 from matting.data.release import load_fg_alpha, load_test_item, read_test_folder, read_training_release
-from matting.errors import MattingError, cli
+from matting.errors import MattingError
 
 TINY = dict(train_fgs=4, test_fgs=2, min_size=64, max_size=96, train_bgs_per_fg=2, test_bgs_per_fg=2)
 
@@ -79,7 +79,7 @@ def test_demo_goes_through_the_reader_composer_and_test_loader(demo, tmp_path, c
         fg, alpha = load_fg_alpha(f, a)
         assert fg.shape[:2] == alpha.shape and 64 <= min(alpha.shape) and max(alpha.shape) <= 96
     out = tmp_path / "test"
-    code = cli(compose_test.main)(["--dataset", str(demo.dataset_dir), "--bg-dir", str(demo.test_bg_dir),
+    code = compose_test.main(["--dataset", str(demo.dataset_dir), "--bg-dir", str(demo.test_bg_dir),
                                    "--out", str(out), "--workers", "1", "--no-progress"])
     assert code == 0 and "4 composites of 2 foregrounds" in capsys.readouterr().out
     manifest = json.loads((out / "manifest.json").read_text())
@@ -207,7 +207,7 @@ def test_bad_parameters_are_user_errors(tmp_path):
 
 
 def test_cli_prints_one_summary_line(tmp_path, capsys):
-    code = cli(md.main)(["--out", str(tmp_path / "d"), "--seed", "2", "--train-fgs", "2", "--test-fgs", "1",
+    code = md.main(["--out", str(tmp_path / "d"), "--seed", "2", "--train-fgs", "2", "--test-fgs", "1",
                          "--min-size", "48", "--max-size", "64", "--workers", "1"])
     out = capsys.readouterr().out
     assert code == 0 and out.count("\n") == 1

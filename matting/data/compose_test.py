@@ -326,6 +326,7 @@ def compose_test_set(
     return out / MANIFEST
 
 
+@cli
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m matting.data.compose_test",
@@ -350,4 +351,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(cli(main)())
+    sys.exit(main())

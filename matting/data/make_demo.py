@@ -495,6 +495,7 @@ def make_demo(
     return DemoSet(root, train_bg_dir, test_bg_dir, train_fgs, test_fgs, n_train_bg, len(test_bg_names), smaller)
 
 
+@cli
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m matting.data.make_demo",
@@ -518,4 +519,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(cli(main)())
+    sys.exit(main())
