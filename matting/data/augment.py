@@ -4,15 +4,16 @@ Two recipes from the literature are named presets (``PRESETS``); ``make_augment_
 derives a config from one of them (e.g. a smaller ``crop_size`` for CPU demos). ``CompositionAugment`` is the
 single place where fg, alpha, bg and trimap are coupled:
 
-1. (p = ``second_fg_p``) a second foreground is resized to the first one's size and merged with it in
-   premultiplied form (``blend_foregrounds``);
+1. (p = ``second_fg_p``) a second foreground is resized to the first one's size, follows the first one's
+   geometry below, and is merged behind it in the output window in premultiplied form (``blend_foregrounds``);
 2. one geometric map from the output crop back to the source foreground is built: optional fixed resize
    (p = ``resize_fg_p``, to ``resize_fg_size`` square), upscaling of sources too small for the window, a random
    affine about the centre (rotation only for images whose long side is >= ``rotation_min_side``, independent x/y
    scale, shear, horizontal/vertical flips), and a square window of side ``crop_size * scale`` (scale drawn from
    ``crop_scales``) resized to ``crop_size``;
-3. fg and alpha are sampled through that map with ONE ``cv2.warpAffine`` each (bicubic), so nothing is ever
-   warped at full resolution and the crop costs the same whatever the source size;
+3. fg and alpha are sampled through that map with ONE ``cv2.warpAffine`` each (bicubic, no anti-aliasing when
+   the map shrinks, like ``cv2.resize``'s bicubic), so nothing is warped at full resolution and the crop costs
+   the same whatever the source size;
 4. the bg is resized keeping its aspect ratio so it covers the foreground canvas (bicubic), a canvas-sized part
    at a random offset is taken, and the same window is cut out of it (again a single warp; bg is never rotated,
    flipped or colour-jittered);
@@ -20,15 +21,17 @@ single place where fg, alpha, bg and trimap are coupled:
 6. the trimap is generated from the FINAL alpha (``matting.data.trimap``), so band widths are in output pixels;
 7. the image is composed last, in float, without rounding: ``image = alpha * fg + (1 - alpha) * bg``.
 
-The window is centred on a random fractional pixel (0 < alpha < 1) of the foreground, and the map is shifted by
-a fraction of a pixel so that this pixel is sampled exactly (not interpolated) by one output pixel. Fractional
-pixels are unknown in both trimap recipes, so a crop ALWAYS contains unknown pixels when the alpha has any. The
-window is kept inside the foreground canvas (centres are drawn among the fractional pixels the affine keeps in
-the canvas; only when it pushes all of them out does the window follow one outside); the sub-pixel shift can
-reach at most half an output pixel past the border. Samples outside the source (those, and the corners an
-affine rotates in) reflect the image (``BORDER_REFLECT_101``), where GCA fills them with zeros. Nothing is padded: a source whose short side is smaller than the window is upscaled
-so that the short side equals the window (``AugmentConfig.min_source_size`` is the largest window). An alpha
-without fractional pixels gets a uniformly random window.
+The window is centred on a random fractional pixel (0 < alpha < 1) of the (merged) foreground alpha, and the
+map is shifted by a fraction of a pixel so that one output pixel samples this pixel exactly (bicubic weights at
+an integer position are (0, 1, 0, 0)). Fractional pixels are unknown in both trimap recipes, so a crop ALWAYS
+contains unknown pixels when the alpha has fractional ones. The window is kept inside the foreground canvas
+(centres are drawn among the fractional pixels the affine keeps in the canvas; only when it pushes all of them
+out does the window follow one outside); the sub-pixel shift can reach at most half an output pixel past the
+border. Samples outside the source (those, and the corners an affine rotates in) reflect the image
+(``BORDER_REFLECT_101``), where GCA fills them with zeros. Nothing is padded: a source whose short side is
+smaller than the drawn window is upscaled so that its short side equals the window
+(``AugmentConfig.min_source_size`` is the largest window). An alpha without fractional pixels gets a uniformly
+random window.
 
 Deviations from the original code, on purpose: trimaps come from the final alpha rather than being generated
 at full resolution and nearest-resized (IndexNet) or generated at 640x640 scale (MatteFormer); the bands are

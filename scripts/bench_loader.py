@@ -1,0 +1,117 @@
+"""Training-loader throughput: samples per second of CompositionDataset through a DataLoader.
+
+Generates foregrounds of realistic size (1000-2000 px sides, JPEG like Adobe's training set) and 640x480 JPEG
+backgrounds (like COCO) in a temporary folder, then times each (preset, crop size, worker count) and prints a
+markdown table. The first batch of every run is excluded (worker start-up, first reads).
+
+    .venv/bin/python scripts/bench_loader.py                      # both presets at their crops and at 160
+    .venv/bin/python scripts/bench_loader.py --workers 0 2 4 --batches 20
+
+The loader keeps up with training when samples/s >= batch size / (seconds per training iteration).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
+
+from matting.data.augment import make_augment_config  # noqa: E402
+from matting.data.io import write_jpeg  # noqa: E402
+from matting.data.train_dataset import CompositionDataset, worker_init_fn  # noqa: E402
+from matting.errors import MattingError, cli  # noqa: E402
+
+
+def smooth_rgb(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """(h, w, 3) uint8: low-frequency colour plus mild texture, which JPEG-compresses like a photo."""
+    base = cv2.resize(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8), (w, h), interpolation=cv2.INTER_CUBIC)
+    texture = rng.normal(0, 6, (h, w, 1))
+    return np.clip(base + texture, 0, 255).astype(np.uint8)
+
+
+def blob_alpha(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """(h, w) uint8: a wobbly object silhouette with a soft, hair-like boundary band."""
+    yy, xx = np.mgrid[:h, :w].astype(np.float32)
+    theta = np.arctan2(yy - h / 2, xx - w / 2)
+    radius = 0.35 * min(h, w) * (1 + 0.15 * np.sin(5 * theta + rng.uniform(0, 6)) + 0.05 * np.sin(23 * theta))
+    d = np.hypot(yy - h / 2, xx - w / 2) - radius
+    return (np.clip(0.5 - d / 25, 0, 1) * 255).astype(np.uint8)
+
+
+def make_data(root: Path, n_fg: int, n_bg: int, seed: int) -> tuple[list[Path], list[Path], list[Path]]:
+    rng = np.random.default_rng(seed)
+    fgs, alphas, bgs = [], [], []
+    for i in range(n_fg):
+        h, w = (int(v) for v in rng.integers(1000, 2001, size=2))
+        fgs.append(root / "fg" / f"fg{i}.jpg")
+        alphas.append(root / "alpha" / f"fg{i}.jpg")
+        write_jpeg(fgs[-1], smooth_rgb(rng, h, w))
+        write_jpeg(alphas[-1], blob_alpha(rng, h, w))
+    for i in range(n_bg):
+        bgs.append(root / "bg" / f"bg{i}.jpg")
+        write_jpeg(bgs[-1], smooth_rgb(rng, 480, 640))
+    return fgs, alphas, bgs
+
+
+def samples_per_second(dataset: CompositionDataset, workers: int, batch_size: int, batches: int) -> float:
+    loader = DataLoader(
+        dataset, batch_size=batch_size, shuffle=True, num_workers=workers, drop_last=True,
+        worker_init_fn=worker_init_fn if workers > 0 else None, generator=torch.Generator().manual_seed(0),
+    )
+    it = iter(loader)
+    next(it)  # warm-up: worker start-up and first reads
+    start = time.perf_counter()
+    for _ in range(batches):
+        next(it)
+    elapsed = time.perf_counter() - start
+    del it
+    return batches * batch_size / elapsed
+
+
+@cli
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--fgs", type=int, default=6, help="generated foregrounds (1000-2000 px)")
+    parser.add_argument("--bgs", type=int, default=12, help="generated 640x480 backgrounds")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batches", type=int, default=10, help="timed batches per run (after one warm-up batch)")
+    parser.add_argument("--workers", type=int, nargs="+", default=[0, 2])
+    parser.add_argument("--small-crop", type=int, default=160, help="also run both presets at this crop (0: skip)")
+    parser.add_argument("--cache", action="store_true", help="decode images once up front (CompositionDataset cache)")
+    args = parser.parse_args(argv)
+    if args.fgs < 1 or args.bgs < 1 or args.batch_size < 1 or args.batches < 1 or min(args.workers) < 0:
+        raise MattingError("--fgs, --bgs, --batch-size and --batches must be >= 1 and --workers >= 0")
+
+    runs = [("indexnet", 320), ("gca", 512)]
+    if args.small_crop:
+        runs += [("indexnet", args.small_crop), ("gca", args.small_crop)]
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs visible, "
+          f"torch {torch.__version__}, OpenCV {cv2.__version__}; cache={args.cache}; batch size {args.batch_size}, "
+          f"{args.batches} timed batches per run\n")
+    with tempfile.TemporaryDirectory(prefix="bench_loader_") as tmp:
+        fgs, alphas, bgs = make_data(Path(tmp), args.fgs, args.bgs, seed=0)
+        print("| preset | crop | windows | workers | samples/s | ms/sample |")
+        print("|---|---|---|---|---|---|")
+        for preset, crop in runs:
+            cfg = make_augment_config(preset, crop_size=crop)
+            dataset = CompositionDataset(fgs, alphas, bgs, cfg, seed=0, cache=args.cache)
+            for workers in args.workers:
+                sps = samples_per_second(dataset, workers, args.batch_size, args.batches)
+                windows = "/".join(str(w) for w in cfg.windows)
+                print(f"| {preset} | {crop} | {windows} | {workers} | {sps:.1f} | {1000 / sps:.0f} |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
