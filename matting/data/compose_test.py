@@ -47,7 +47,7 @@ from matting.data.release import (
     TEST_DIR,
     TEST_FG_LIST,
     check_release_dir,
-    format_paths,
+    format_list,
     locate_backgrounds,
     locate_foregrounds,
     missing_error,
@@ -141,7 +141,7 @@ def plan_test_set(dataset_dir: str | os.PathLike, bg_dir: str | os.PathLike) -> 
     clashes = sorted(composite_names.intersection(stems))
     if clashes:
         raise MattingError(f"{fg_list}: foreground names clash with composite names <stem>_<k>: "
-                           f"{format_paths(clashes)}")
+                           f"{format_list(clashes)}")
 
     jobs, missing = [], []
     for i, (stem, name) in enumerate(zip(stems, fg_names)):
@@ -235,7 +235,8 @@ def _is_current(manifest: dict | None, digest: str, out_dir: Path, outputs: list
             and all((out_dir / f).is_file() for f in outputs))
 
 
-def _manifest(jobs, digest, dataset_dir, bg_dir, outputs, entries, complete: bool) -> str:
+def _manifest(jobs: list[ForegroundJob], digest: str, dataset_dir: str | os.PathLike, bg_dir: str | os.PathLike,
+              outputs: list[str], entries: list[dict], complete: bool) -> str:
     """The manifest as JSON text, one list item per line so it stays readable with 1,000 composites."""
     head = {
         "tool": "matting.data.compose_test",
@@ -293,11 +294,11 @@ def compose_test_set(
     merged_dir = out / "merged"
     if old is None and merged_dir.is_dir() and any(merged_dir.iterdir()):
         raise MattingError(f"{merged_dir}: already holds files not written by this composer; use an empty --out")
-    stale = set(old.get("outputs", [])) - set(outputs) if old is not None else set()
+    stale = sorted(set(old.get("outputs", [])) - set(outputs)) if old is not None else []
 
-    # An incomplete manifest marks the folder as ours before anything is written, so an interrupted run
-    # is recognised (and redone) next time.
-    write_text_atomic(out / MANIFEST, _manifest(jobs, digest, dataset_dir, bg_dir, outputs, [], False))
+    # An incomplete manifest marks the folder as ours before anything is written, so an interrupted run is
+    # recognised (and redone) next time; it still lists the stale files, so they are removed then.
+    write_text_atomic(out / MANIFEST, _manifest(jobs, digest, dataset_dir, bg_dir, outputs + stale, [], False))
     total = sum(len(j.bg_paths) for j in jobs)
     entries: list[dict] = []
     errors: list[str] = []
@@ -317,7 +318,7 @@ def compose_test_set(
                     errors += [error] if error else []
                     bar.update(len(futures[fut].bg_paths))
     if errors:
-        raise MattingError(f"{len(errors)} of {len(jobs)} test foregrounds failed: {format_paths(errors, 5)}")
+        raise MattingError(f"{len(errors)} of {len(jobs)} test foregrounds failed: {format_list(errors, 5, '; ')}")
     for rel in stale:
         (out / rel).unlink(missing_ok=True)
     order = {job.fg_name: i for i, job in enumerate(jobs)}

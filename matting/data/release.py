@@ -45,15 +45,15 @@ TEST_BG_LIST = "test_bg_names.txt"
 _SHOWN = 10
 
 
-def format_paths(paths: list, shown: int = _SHOWN) -> str:
+def format_list(items: list, shown: int = _SHOWN, sep: str = ", ") -> str:
     """``"a, b, c and 12 more"``: a one-line list of the first ``shown`` items."""
-    head = ", ".join(str(p) for p in paths[:shown])
-    return head + (f" and {len(paths) - shown} more" if len(paths) > shown else "")
+    head = sep.join(str(p) for p in items[:shown])
+    return head + (f" and {len(items) - shown} more" if len(items) > shown else "")
 
 
 def missing_error(what: str, missing: list) -> MattingError:
     """One error for every missing file: ``"3 <what> missing: a, b, c"``."""
-    return MattingError(f"{len(missing)} {what} missing: {format_paths(missing)}")
+    return MattingError(f"{len(missing)} {what} missing: {format_list(missing)}")
 
 
 def read_names(path: str | os.PathLike) -> list[str]:
@@ -80,7 +80,7 @@ def check_unique(names: list[str], list_path: str | os.PathLike) -> None:
         (repeated if n in seen else seen).add(n)
     dups = sorted(repeated)
     if dups:
-        raise MattingError(f"{list_path}: {len(dups)} names listed more than once: {format_paths(dups)}")
+        raise MattingError(f"{list_path}: {len(dups)} names listed more than once: {format_list(dups)}")
 
 
 def check_release_dir(dataset_dir: str | os.PathLike, part: str) -> Path:
@@ -126,7 +126,7 @@ def locate_foregrounds(names: list[str], part_dir: Path, list_path: Path) -> tup
         raise missing_error(f"files listed in {list_path} are", missing)
     if ambiguous:
         raise MattingError(f"{part_dir}: {len(ambiguous)} foregrounds are in more than one subset: "
-                           f"{format_paths(ambiguous)}")
+                           f"{format_list(ambiguous)}")
     return fg_paths, alpha_paths
 
 
@@ -247,8 +247,7 @@ def verify_training_release(release: TrainingRelease, workers: int = 2) -> None:
             found += list(pool.map(_check_background, bgs, chunksize=64))
         problems = [m for m in found if m]
     if problems:
-        raise MattingError(f"{len(problems)} problems in the training data: {'; '.join(problems[:_SHOWN])}"
-                           + (f"; and {len(problems) - _SHOWN} more" if len(problems) > _SHOWN else ""))
+        raise MattingError(f"{len(problems)} problems in the training data: {format_list(problems, sep='; ')}")
 
 
 def split_validation(release: TrainingRelease, val_count: int, seed: int) -> tuple[TrainingRelease, TrainingRelease]:
