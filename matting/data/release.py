@@ -108,6 +108,8 @@ def locate_foregrounds(names: list[str], part_dir: Path, list_path: Path) -> tup
     subsets = [part_dir / s for s in RELEASE_SUBSETS if (part_dir / s).is_dir()]
     if not subsets:
         raise MattingError(f"{part_dir}: neither of {' / '.join(RELEASE_SUBSETS)} is here")
+    # A missing fg could belong to either subset: name both, like a shell brace pattern.
+    where = subsets[0] if len(subsets) == 1 else part_dir / ("{" + ",".join(s.name for s in subsets) + "}")
     fg_paths, alpha_paths, missing, ambiguous = [], [], [], []
     for name in names:
         found = [s for s in subsets if (s / "fg" / name).is_file()]
@@ -115,7 +117,7 @@ def locate_foregrounds(names: list[str], part_dir: Path, list_path: Path) -> tup
             ambiguous.append(name)
             continue
         if not found:
-            missing.append(subsets[0] / "fg" / name)
+            missing.append(where / "fg" / name)
             continue
         fg, alpha = found[0] / "fg" / name, found[0] / "alpha" / name
         if not alpha.is_file():
