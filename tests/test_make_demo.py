@@ -57,6 +57,13 @@ def test_layout_is_adobes_release(demo):
     assert json.loads((demo.dataset_dir.parent / "demo.json").read_text())["seed"] == 0
 
 
+def test_some_training_backgrounds_are_grey_like_coco(demo):
+    channels = {cv2.imread(str(p), cv2.IMREAD_UNCHANGED).ndim for p in demo.train_bg_dir.iterdir()}
+    assert channels == {2, 3}
+    rel = read_training_release(demo.dataset_dir, demo.train_bg_dir)
+    assert all(read_rgb(p).shape[2] == 3 for p in rel.bg_paths)
+
+
 def test_training_alphas_are_noisy_jpegs_like_the_release(demo):
     rel = read_training_release(demo.dataset_dir, demo.train_bg_dir)
     values = np.concatenate([load_fg_alpha(f, a)[1].ravel() for f, a in zip(rel.fg_paths, rel.alpha_paths)])

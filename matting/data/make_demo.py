@@ -354,6 +354,7 @@ class _Task:
     fg_kind: str = ""
     alpha_path: Path | None = None
     trimap_paths: tuple[Path, ...] = ()
+    grey: bool = False  # save a background as a 1-channel JPEG (COCO has some)
 
 
 def _run_task(task: _Task, seed: np.random.SeedSequence, pool: np.ndarray) -> None:
@@ -361,7 +362,8 @@ def _run_task(task: _Task, seed: np.random.SeedSequence, pool: np.ndarray) -> No
     rng = np.random.default_rng(seed)
     h, w = task.size
     if task.kind.endswith("_bg"):
-        write_jpeg(task.path, render_background(rng, h, w, pool), JPEG_QUALITY)
+        bg = render_background(rng, h, w, pool)
+        write_jpeg(task.path, cv2.cvtColor(bg, cv2.COLOR_RGB2GRAY) if task.grey else bg, JPEG_QUALITY)
         return
     fg, alpha = render_foreground(rng, h, w, task.fg_kind, pool)
     if task.kind == "train_fg":
@@ -453,9 +455,10 @@ def make_demo(
         train_names.append(name)
     n_train_bg = train_fgs * train_bgs_per_fg
     train_bg_names = [f"COCO_train2014_{j:012d}.jpg" for j in range(n_train_bg)]
-    for name in train_bg_names:
-        lo, hi = max(32, int(0.6 * min_size)), int(1.5 * max_size)
-        tasks.append(_Task("train_bg", train_bg_dir / name, (int(plan.integers(lo, hi)), int(plan.integers(lo, hi)))))
+    lo, hi = max(32, int(0.6 * min_size)), int(1.5 * max_size)
+    for j, name in enumerate(train_bg_names):
+        size = (int(plan.integers(lo, hi)), int(plan.integers(lo, hi)))
+        tasks.append(_Task("train_bg", train_bg_dir / name, size, grey=j % 12 == 5))
     listed_train_bgs = [train_bg_names[j] for j in plan.permutation(n_train_bg)]
 
     test_names, test_bg_names, smaller = [], [], 0
