@@ -188,6 +188,9 @@ class Trainer:
             worker_init_fn=worker_init_fn if workers > 0 else None,
             pin_memory=self.device.type == "cuda",
             drop_last=True,
+            # The loader draws its workers' base seed from this generator, not from the global RNG, which the
+            # model's dropout consumes: otherwise creating the iterator on resume would shift the dropout masks.
+            generator=torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + self.state.epoch),
         )
 
     # ---------------------------------------------------------------------------------------------- checkpoints
@@ -275,9 +278,9 @@ class Trainer:
         total, terms = self.criterion(pred.float(), batch)
         if not torch.isfinite(total):
             # Every rank sees the same loss only after the all-reduce inside backward, so check before it.
-            shown = ", ".join(f"{k}={float(v):.4g}" for k, v in terms.items())
+            shown = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in terms.items())
             raise TrainingDiverged(
-                f"loss is {float(total)} at step {self.state.step + 1} ({shown}); stopped without saving; "
+                f"loss is {float(total.detach())} at step {self.state.step + 1} ({shown}); stopped without saving; "
                 f"last good checkpoint: {self.ckpt_dir / 'latest.pth'} (lower train.lr or set train.grad_clip)"
             )
         self.optimizer.zero_grad(set_to_none=True)

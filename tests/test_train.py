@@ -1,0 +1,210 @@
+"""The training engine on a tiny generated dataset: exact resume, NaN stop, checkpoints, two-process gloo run,
+and the whole chain train -> resume -> evaluate -> infer -> export through the command lines."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from matting.config import load_config
+from matting.engine.checkpoint import load_checkpoint
+from matting.engine.schedule import lr_factor
+from matting.engine.trainer import EpochSampler, Trainer, TrainingDiverged
+from matting.errors import MattingError
+
+REPO = Path(__file__).resolve().parents[1]
+PY = sys.executable
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    """A tiny demo set (Adobe's layout) and its composed test folder, made by the project's own tools."""
+    from matting.data.compose_test import compose_test_set
+    from matting.data.make_demo import make_demo
+
+    root = tmp_path_factory.mktemp("demo")
+    make_demo(root, seed=1, **TINY_DEMO)
+    compose_test_set(root / "Combined_Dataset", root / "test_bg", root / "test", workers=1, progress=False)
+    return root
+
+
+# Sizes for make_demo that keep every test here fast.
+TINY_DEMO = dict(train_fgs=4, test_fgs=2, min_size=64, max_size=96, train_bgs_per_fg=2, test_bgs_per_fg=1, workers=1)
+
+
+def tiny_config(tmp_path: Path, data: Path, **train) -> Path:
+    cfg = {
+        "name": "tiny",
+        "output_dir": str(tmp_path / "run"),
+        "seed": 3,
+        "device": "cpu",
+        "model": {"encoder": "mobilenetv2", "upsampler": "fade", "options": {"width_mult": 0.25}},
+        "data": {
+            "dataset_dir": str(data / "Combined_Dataset"),
+            "train_bg_dir": str(data / "train_bg"),
+            "preset": "indexnet",
+            "augment": {"crop_size": 64},
+            "samples_per_epoch": 6,
+            "num_workers": 0,
+            "val_count": 1,
+            "val_bgs_per_fg": 1,
+            "test_dir": str(data / "test"),
+        },
+        "train": {
+            "iterations": 4, "batch_size": 2, "lr": 0.001, "schedule": "poly", "warmup_iters": 1,
+            "log_every": 1, "image_every": 2, "val_every": 2, "ckpt_every": 100, **train,
+        },
+        "eval": {"device": "cpu", "workers": 1},
+    }
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(path)["model"]
+
+
+def test_sampler_is_a_function_of_seed_epoch_and_position():
+    a = EpochSampler(10, seed=1)
+    a.set_position(epoch=2, start=0)
+    full = list(a)
+    a.set_position(epoch=2, start=4)
+    assert list(a) == full[4:]
+    assert sorted(full) == list(range(10))
+    ranks = [EpochSampler(10, seed=1, rank=r, world_size=3) for r in range(3)]
+    for r in ranks:
+        r.set_position(2, 0)
+    parts = [list(r) for r in ranks]
+    assert all(len(p) == 3 for p in parts)
+    assert len(set(sum(parts, []))) == 9  # disjoint
+
+
+def test_lr_schedules():
+    cfg = load_config(None, ["train.iterations=100", "train.warmup_iters=10", "train.schedule=cosine"]).train
+    assert lr_factor(0, cfg) == pytest.approx(0.1)
+    assert lr_factor(9, cfg) == pytest.approx(1.0)
+    assert lr_factor(10, cfg) == pytest.approx(1.0)
+    assert lr_factor(55, cfg) == pytest.approx(0.5)
+    step = load_config(None, ["train.milestones=[3, 6]", "train.gamma=0.5"]).train
+    assert [lr_factor(s, step) for s in (0, 2, 3, 5, 6, 9)] == [1, 1, 0.5, 0.5, 0.25, 0.25]
+
+
+def test_resume_is_exact(tmp_path, tiny_data):
+    """Stopped at step 2 and resumed, a run ends with the same weights as an uninterrupted one (CPU)."""
+    straight = load_config(tiny_config(tmp_path / "a", tiny_data))
+    Trainer(straight, progress=False).fit()
+    stopped = load_config(tiny_config(tmp_path / "b", tiny_data))
+    Trainer(stopped, progress=False).fit(until=2)
+    latest = Path(stopped.output_dir) / "checkpoints" / "latest.pth"
+    assert load_checkpoint(latest)["step"] == 2
+    Trainer(stopped, resume=latest, progress=False).fit()
+
+    a = weights(Path(straight.output_dir) / "checkpoints" / "latest.pth")
+    b = weights(latest)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    ckpt = load_checkpoint(latest)
+    assert ckpt["step"] == 4 and ckpt["config"]["model"]["upsampler"] == "fade"
+    assert set(ckpt) >= {"optimizer", "scheduler", "scaler", "rng", "best", "epoch"}
+    # Validation ran on the held-out split and picked a best checkpoint.
+    assert (Path(stopped.output_dir) / "checkpoints" / "best.pth").is_file()
+    log = (Path(stopped.output_dir) / "train.log").read_text()
+    assert "validation split" in log
+
+
+def test_nan_loss_stops_without_saving(tmp_path, tiny_data, monkeypatch):
+    cfg = load_config(tiny_config(tmp_path, tiny_data))
+    trainer = Trainer(cfg, progress=False)
+    real = trainer.criterion.forward
+
+    def poisoned(pred, batch):
+        total, terms = real(pred, batch)
+        return total * float("nan"), terms
+
+    monkeypatch.setattr(trainer.criterion, "forward", poisoned)
+    with pytest.raises(TrainingDiverged, match="loss is nan at step 1"):
+        trainer.fit()
+    assert not (Path(cfg.output_dir) / "checkpoints" / "latest.pth").exists()
+
+
+def test_resume_with_a_different_model_is_refused(tmp_path, tiny_data):
+    cfg = load_config(tiny_config(tmp_path, tiny_data, iterations=1))
+    Trainer(cfg, progress=False).fit()
+    other = load_config(tiny_config(tmp_path, tiny_data), ["model.upsampler=bilinear"])
+    with pytest.raises(MattingError, match="differs from this config"):
+        Trainer(other, resume=Path(cfg.output_dir) / "checkpoints" / "latest.pth", progress=False)
+
+
+def run(*args: str, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [PY, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}
+    )
+
+
+def test_cli_user_errors_are_one_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: {lrr: 1}\n")
+    proc = run("-m", "matting.train", "--config", str(bad))
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [f"error: {bad}: unknown config key 'train.lrr' (did you mean lr?)"]
+    proc = run("-m", "matting.train", "--config", str(tmp_path / "missing.yaml"))
+    assert proc.returncode == 2 and "config file not found" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_two_process_gloo_run(tmp_path, tiny_data):
+    """torchrun with two CPU processes: DDP over gloo, rank 0 alone writes the checkpoint and the log."""
+    cfg = tiny_config(tmp_path, tiny_data, iterations=2, batch_size=2)
+    proc = run(
+        "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "matting.train",
+        "--config", str(cfg), "--no-progress", "data.val_count=0",
+        env={"OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = tmp_path / "run"
+    ckpt = load_checkpoint(out / "checkpoints" / "latest.pth")
+    assert ckpt["step"] == 2
+    assert "2 process(es)" in (out / "train.log").read_text()
+
+
+def test_end_to_end_cli(tmp_path, tiny_data):
+    """train a few steps -> resume -> evaluate -> infer -> export, through the user-facing commands."""
+    cfg = tiny_config(tmp_path, tiny_data, iterations=3)
+    proc = run("-m", "matting.train", "--config", str(cfg), "--no-progress", "train.iterations=2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = run("-m", "matting.train", "--config", str(cfg), "--no-progress", "--resume")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ckpt = tmp_path / "run" / "checkpoints" / "latest.pth"
+    assert load_checkpoint(ckpt)["step"] == 3
+
+    out = tmp_path / "eval"
+    proc = run("-m", "matting.evaluate", "--data", str(tiny_data / "test"), "--checkpoint", str(ckpt),
+               "--out", str(out), "--device", "cpu", "--workers", "1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary_path = Path(proc.stdout.strip().splitlines()[-1])
+    assert summary_path == out / "summary.json"
+    summary = json.loads(summary_path.read_text())
+    n_test = len(list((tiny_data / "test" / "merged").iterdir()))
+    assert len((out / "metrics.csv").read_text().strip().splitlines()) == 1 + n_test + 1  # header, rows, mean
+    assert len(list((out / "alpha").iterdir())) == n_test
+    assert summary["count"] == n_test
+
+    merged = sorted((tiny_data / "test" / "merged").iterdir())[0]
+    proc = run("-m", "matting.infer", "--checkpoint", str(ckpt), "--image", str(merged),
+               "--trimap", str(tiny_data / "test" / "trimaps" / merged.name), "--out", str(tmp_path / "infer"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert any((tmp_path / "infer").rglob("*.png"))
+
+    proc = run("-m", "matting.export", "--checkpoint", str(ckpt), "--format", "torchscript",
+               "--out", str(tmp_path / "model.pt"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "model.pt").is_file()
