@@ -1,0 +1,180 @@
+"""The CARAFE reassembly: definition, lean vs reference (values and gradients), dtypes, errors, compile."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from matting.upsamplers import reassembly
+from matting.upsamplers.reassembly import carafe
+from matting.utils.flops import count_macs
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # These tensors are tiny: on a shared machine, OpenMP's per-op barriers cost more than they save.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _random_inputs(b, c, h, w, k, s, dtype=torch.float64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    features = torch.randn(b, c, h, w, generator=g, dtype=dtype)
+    kernels = torch.randn(b, k * k, s * h, s * w, generator=g, dtype=dtype).softmax(dim=1)
+    return features, kernels
+
+
+def _by_definition(features, kernels, k, s):
+    """out[b, c, y, x] = sum_ij kernels[b, (i+r)*K + (j+r), y, x] * features[b, c, y//s + i, x//s + j]."""
+    b, c, h, w = features.shape
+    r = k // 2
+    out = torch.zeros(b, c, s * h, s * w, dtype=features.dtype)
+    for y in range(s * h):
+        for x in range(s * w):
+            for i in range(-r, r + 1):
+                for j in range(-r, r + 1):
+                    yy, xx = y // s + i, x // s + j
+                    if 0 <= yy < h and 0 <= xx < w:
+                        out[:, :, y, x] += kernels[:, (i + r) * k + (j + r), y, x, None] * features[:, :, yy, xx]
+    return out
+
+
+@pytest.mark.parametrize("impl", ["lean", "reference"])
+@pytest.mark.parametrize("shape", [(2, 3, 3, 4, 5, 2), (1, 2, 2, 3, 3, 3), (1, 1, 1, 1, 5, 2)])
+def test_matches_the_definition(impl, shape):
+    b, c, h, w, k, s = shape
+    features, kernels = _random_inputs(b, c, h, w, k, s)
+    expected = _by_definition(features, kernels, k, s)
+    torch.testing.assert_close(carafe(features, kernels, k, s, impl=impl), expected, rtol=0, atol=1e-12)
+
+
+# Odd and even sizes, batch > 1, several channel counts, kernel sizes and scales.
+SHAPES = [
+    (2, 3, 5, 7, 5, 2),
+    (1, 4, 4, 4, 5, 2),
+    (3, 1, 7, 3, 3, 2),
+    (2, 2, 3, 6, 5, 3),
+    (1, 5, 1, 9, 5, 2),
+    (2, 6, 9, 2, 1, 2),
+]
+
+
+@pytest.mark.parametrize("band_bytes", [reassembly._BAND_BYTES, 1])  # 1 byte: one row per band
+@pytest.mark.parametrize("shape", SHAPES)
+def test_lean_equals_reference_in_values_and_gradients(shape, band_bytes, monkeypatch):
+    monkeypatch.setattr(reassembly, "_BAND_BYTES", band_bytes)
+    b, c, h, w, k, s = shape
+    features, kernels = _random_inputs(b, c, h, w, k, s, seed=sum(shape))
+    grad = torch.randn(b, c, s * h, s * w, dtype=torch.float64)
+    results = []
+    for impl in ("lean", "reference"):
+        f, kk = features.clone().requires_grad_(), kernels.clone().requires_grad_()
+        out = carafe(f, kk, k, s, impl=impl)
+        out.backward(grad)
+        results.append((out, f.grad, kk.grad))
+    for lean, ref in zip(*results):
+        torch.testing.assert_close(lean, ref, rtol=0, atol=1e-6)
+        assert (lean - ref).abs().max() < 1e-12  # in practice they agree to rounding
+
+
+def test_lean_gradcheck():
+    features, kernels = _random_inputs(2, 3, 3, 4, 3, 2)
+    # Unnormalised kernels too: the op itself does not assume they sum to one.
+    kernels = kernels + 0.1 * torch.randn_like(kernels)
+    assert torch.autograd.gradcheck(
+        lambda f, k: carafe(f, k, 3, 2), (features.requires_grad_(), kernels.requires_grad_())
+    )
+
+
+@pytest.mark.parametrize("which", ["features", "kernels"])
+def test_gradient_of_one_input_only(which):
+    features, kernels = _random_inputs(2, 3, 4, 5, 5, 2)
+    target = features if which == "features" else kernels
+    target.requires_grad_()
+    carafe(features, kernels, 5, 2).sum().backward()
+    ref = target.detach().clone().requires_grad_()
+    args = (ref, kernels) if which == "features" else (features, ref)
+    carafe(*args, 5, 2, impl="reference").sum().backward()
+    torch.testing.assert_close(target.grad, ref.grad, rtol=0, atol=1e-12)
+
+
+def test_strided_inputs_and_expanded_gradient():
+    features, kernels = _random_inputs(2, 3, 4, 6, 5, 2)
+    f_t = features.transpose(2, 3).contiguous().transpose(2, 3).requires_grad_()  # non-contiguous
+    k_t = kernels.clone().requires_grad_()
+    out = carafe(f_t, k_t, 5, 2)
+    out.sum().backward()  # the incoming gradient is an expanded (stride-0) tensor
+    f_r, k_r = features.clone().requires_grad_(), kernels.clone().requires_grad_()
+    carafe(f_r, k_r, 5, 2, impl="reference").sum().backward()
+    torch.testing.assert_close(out, carafe(features, kernels, 5, 2, impl="reference"), rtol=0, atol=1e-12)
+    torch.testing.assert_close(f_t.grad, f_r.grad, rtol=0, atol=1e-12)
+    torch.testing.assert_close(k_t.grad, k_r.grad, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+def test_low_precision_dtypes(dtype, tol):
+    features, kernels = _random_inputs(2, 4, 5, 6, 5, 2)
+    expected = carafe(features, kernels, 5, 2, impl="reference")
+    f, k = features.to(dtype).requires_grad_(), kernels.to(dtype).requires_grad_()
+    out = carafe(f, k, 5, 2)
+    out.sum().backward()
+    assert out.dtype == f.grad.dtype == k.grad.dtype == dtype
+    torch.testing.assert_close(out.double(), expected, rtol=tol, atol=tol)
+
+
+def test_one_hot_centre_kernel_is_nearest_upsampling():
+    features, _ = _random_inputs(2, 3, 5, 4, 5, 2)
+    kernels = torch.zeros(2, 25, 10, 8, dtype=torch.float64)
+    kernels[:, 12] = 1  # offset (0, 0)
+    expected = F.interpolate(features, scale_factor=2, mode="nearest")
+    assert torch.equal(carafe(features, kernels, 5, 2), expected)
+
+
+def test_input_errors_name_the_shapes():
+    features, kernels = _random_inputs(1, 2, 4, 4, 5, 2)
+    with pytest.raises(ValueError, match=r"\(1, 25, 8, 6\).*\(1, 2, 4, 4\)"):
+        carafe(features, kernels[..., :6], 5, 2)
+    with pytest.raises(ValueError, match="kernel_size"):
+        carafe(features, kernels, 4, 2)
+    with pytest.raises(ValueError, match="impl"):
+        carafe(features, kernels, 5, 2, impl="fast")
+    with pytest.raises(ValueError, match="dtype"):
+        carafe(features.float(), kernels, 5, 2)
+
+
+def test_reports_its_multiply_adds():
+    class Wrap(torch.nn.Module):
+        def forward(self, f, k):
+            return carafe(f, k, 5, 2)
+
+    features, kernels = _random_inputs(2, 3, 4, 5, 5, 2)
+    assert count_macs(Wrap(), features, kernels)["total"] == 2 * 3 * 8 * 10 * 25
+
+
+def test_inside_torch_compile():
+    # aot_eager runs Dynamo and AOT autograd (fake tensors, the registered backward) without a C++ build.
+    features, kernels = _random_inputs(2, 3, 5, 4, 5, 2)
+    f1, k1 = features.clone().requires_grad_(), kernels.clone().requires_grad_()
+    f2, k2 = features.clone().requires_grad_(), kernels.clone().requires_grad_()
+    compiled = torch.compile(lambda f, k: carafe(f, k, 5, 2) * 2, backend="aot_eager", fullgraph=True)
+    out = compiled(f1, k1)
+    out.sum().backward()
+    expected = carafe(f2, k2, 5, 2, impl="reference") * 2
+    expected.sum().backward()
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-12)
+    torch.testing.assert_close(f1.grad, f2.grad, rtol=0, atol=1e-12)
+    torch.testing.assert_close(k1.grad, k2.grad, rtol=0, atol=1e-12)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu():
+    features, kernels = _random_inputs(2, 3, 5, 7, 5, 2)
+    f, k = features.cuda().requires_grad_(), kernels.cuda().requires_grad_()
+    out = carafe(f, k, 5, 2)
+    out.sum().backward()
+    f_r, k_r = features.clone().requires_grad_(), kernels.clone().requires_grad_()
+    carafe(f_r, k_r, 5, 2, impl="reference").sum().backward()
+    torch.testing.assert_close(out.cpu(), carafe(features, kernels, 5, 2), rtol=0, atol=1e-12)
+    torch.testing.assert_close(f.grad.cpu(), f_r.grad, rtol=0, atol=1e-12)
+    torch.testing.assert_close(k.grad.cpu(), k_r.grad, rtol=0, atol=1e-12)
