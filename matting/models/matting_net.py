@@ -41,16 +41,21 @@ def make_input(image: Tensor, trimap: Tensor) -> Tensor:
     Plain tensor ops only, so it traces and exports with the network.
     """
     if image.dim() != 4 or image.shape[1] != 3 or not image.is_floating_point():
-        raise ValueError(f"make_input: image must be a (B, 3, H, W) float tensor, got {tuple(image.shape)} {image.dtype}")
+        raise ValueError(
+            f"make_input: image must be a (B, 3, H, W) float tensor, got {list(image.shape)} {image.dtype}"
+        )
     if trimap.dim() != 4 or trimap.shape[1] != 1 or trimap.dtype != torch.uint8:
         raise ValueError(
             f"make_input: trimap must be a (B, 1, H, W) uint8 tensor with values 0/128/255, "
-            f"got {tuple(trimap.shape)} {trimap.dtype}"
+            f"got {list(trimap.shape)} {trimap.dtype}"
         )
     if image.shape[0] != trimap.shape[0] or image.shape[2:] != trimap.shape[2:]:
-        raise ValueError(f"make_input: image {tuple(image.shape)} and trimap {tuple(trimap.shape)} differ in size")
-    mean = torch.tensor(IMAGENET_MEAN, dtype=image.dtype, device=image.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, dtype=image.dtype, device=image.device).view(1, 3, 1, 1)
+        raise ValueError(
+            f"make_input: image {list(image.shape)} and trimap {list(trimap.shape)} differ in size"
+        )
+    # Literal lists rather than the module constants: TorchScript cannot read global tuples.
+    mean = torch.tensor([0.485, 0.456, 0.406], dtype=image.dtype, device=image.device).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225], dtype=image.dtype, device=image.device).view(1, 3, 1, 1)
     return torch.cat([(image - mean) / std, trimap.to(image.dtype) / 255.0], dim=1)
 
 
