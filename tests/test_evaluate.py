@@ -147,3 +147,105 @@ def test_image_without_unknown_region_gives_nan_mse_that_the_mean_ignores(tmp_pa
 def test_nothing_scored_gives_none_means(matter):
     summary = evaluate(matter, [], None, progress=False, workers=0)
     assert summary["count"] == 0 and summary["mean"]["sad"] is None and not math.isnan(summary["images"])
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The command line, end to end, on a generated test folder and a tiny real checkpoint.
+
+TINY = {
+    "encoder": "mobilenetv2",
+    "upsampler": "fade",
+    "width_mult": 0.25,
+    "stem_channels": 4,
+    "context_channels": 8,
+    "aspp_channels": 8,
+    "decoder_channels": [8, 8, 8, 8, 8],
+}
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    from matting.engine.checkpoint import atomic_torch_save
+    from matting.models import build_model
+
+    model = build_model(**TINY).eval()
+    path = tmp_path_factory.mktemp("ckpt") / "latest.pth"
+    atomic_torch_save({"format": 1, "model": model.state_dict(), "config": {"model": TINY}, "step": 11}, path)
+    return path
+
+
+def make_test_folder(root: Path, fg_count: int = 2, per_fg: int = 2) -> list[dict]:
+    """merged/<fg>_<k>.png, alpha/<fg>.png (named per foreground, Adobe's layout), trimaps/<fg>_<k>.png."""
+    items = []
+    for f in range(fg_count):
+        base = make_item(f"fg{f}", h=36 + 8 * f, w=45, seed=f)
+        write_png(root / "alpha" / f"fg{f}.png", base["alpha"])
+        for k in range(per_fg):
+            image = np.random.default_rng(100 * f + k).integers(0, 256, base["image"].shape, dtype=np.uint8)
+            write_png(root / "merged" / f"fg{f}_{k}.png", image)
+            write_png(root / "trimaps" / f"fg{f}_{k}.png", base["trimap"])
+            items.append({"image": image, "alpha": base["alpha"], "trimap": base["trimap"], "name": f"fg{f}_{k}"})
+    return items
+
+
+def test_cli_end_to_end(tmp_path, checkpoint, capsys):
+    from matting.evaluate import main
+
+    items = make_test_folder(tmp_path / "test")
+    out = tmp_path / "eval"
+    args = ["--data", str(tmp_path / "test"), "--checkpoint", str(checkpoint), "--out", str(out)]
+    assert main([*args, "--device", "cpu", "--workers", "1", "--no-progress"]) == 0
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert printed[-1] == str(out / "summary.json")
+    assert any(line.startswith("| model |") for line in printed)
+    assert any(line.startswith("| constant 0.5 |") for line in printed)
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["count"] == 4 and summary["failed"] == 0
+    assert summary["step"] == 11 and summary["checkpoint"] == str(checkpoint) and summary["split"] == "test"
+    matter = Matter.from_checkpoint(checkpoint, "cpu")
+    sads = []
+    for item in items:
+        pred = read_gray(out / "alpha" / f"{item['name']}.png")
+        np.testing.assert_array_equal(pred, matter.predict_uint8(item["image"], item["trimap"]))
+        sads.append(compute_metrics(pred, item["alpha"], item["trimap"])["sad"])
+    assert summary["mean"]["sad"] == pytest.approx(np.mean(sads))
+    assert [r[0] for r in read_csv(out / "metrics.csv")[1:]] == ["fg0_0", "fg0_1", "fg1_0", "fg1_1", "mean"]
+
+
+def test_cli_counts_a_corrupt_image_and_exits_1(tmp_path, checkpoint, capsys):
+    from matting.evaluate import main
+
+    make_test_folder(tmp_path / "test")
+    (tmp_path / "test" / "merged" / "fg1_0.png").write_bytes(b"not a png")
+    out = tmp_path / "eval"
+    args = ["--data", str(tmp_path / "test"), "--checkpoint", str(checkpoint), "--out", str(out)]
+    assert main([*args, "--device", "cpu", "--workers", "0", "--no-progress"]) == 1
+    captured = capsys.readouterr()
+    assert "failed: fg1_0" in captured.err and captured.out.strip().splitlines()[-1] == str(out / "summary.json")
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["count"] == 3 and summary["failed"] == 1 and summary["failures"][0]["name"] == "fg1_0"
+    assert "fg1_0.png" in summary["failures"][0]["error"]
+
+
+def test_cli_user_errors_exit_2_with_one_line(tmp_path, checkpoint, capsys):
+    from matting.evaluate import main
+
+    assert main(["--data", str(tmp_path / "missing"), "--checkpoint", str(checkpoint)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and "missing" in err
+    assert main(["--data", str(tmp_path), "--checkpoint", str(tmp_path / "none.pth")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and "none.pth" in err
+
+
+def test_eval_script_runs_the_module_from_any_directory(tmp_path):
+    import subprocess
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "eval_comp1k.sh"
+    proc = subprocess.run(
+        ["bash", str(script), "--data", str(tmp_path / "nowhere"), "--checkpoint", str(tmp_path / "c.pth")],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().startswith("error: ") and "c.pth" in proc.stderr
