@@ -7,7 +7,9 @@ markdown table. The first batch of every run is excluded (worker start-up, first
     .venv/bin/python scripts/bench_loader.py                      # both presets at their crops and at 160
     .venv/bin/python scripts/bench_loader.py --workers 0 2 4 --batches 20
 
-The loader keeps up with training when samples/s >= batch size / (seconds per training iteration).
+The loader keeps up with training when samples/s >= batch size / (seconds per training iteration). On a shared
+machine wall-clock rates are noisy; the main-process CPU time per sample (workers = 0) is the loader's own cost:
+one free core delivers about 1000 / (CPU ms) samples per second.
 """
 
 from __future__ import annotations
@@ -64,19 +66,21 @@ def make_data(root: Path, n_fg: int, n_bg: int, seed: int) -> tuple[list[Path], 
     return fgs, alphas, bgs
 
 
-def samples_per_second(dataset: CompositionDataset, workers: int, batch_size: int, batches: int) -> float:
+def samples_per_second(dataset: CompositionDataset, workers: int, batch_size: int, batches: int) -> tuple[float, float]:
+    """Returns (samples per second of wall time, CPU seconds per sample of this process). With workers = 0 the
+    second is the loader's own cost, which other programs on a shared machine do not inflate."""
     loader = DataLoader(
         dataset, batch_size=batch_size, shuffle=True, num_workers=workers, drop_last=True,
         worker_init_fn=worker_init_fn if workers > 0 else None, generator=torch.Generator().manual_seed(0),
     )
     it = iter(loader)
     next(it)  # warm-up: worker start-up and first reads
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     for _ in range(batches):
         next(it)
-    elapsed = time.perf_counter() - start
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     del it
-    return batches * batch_size / elapsed
+    return batches * batch_size / elapsed, cpu / (batches * batch_size)
 
 
 @cli
@@ -101,15 +105,17 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.batches} timed batches per run\n")
     with tempfile.TemporaryDirectory(prefix="bench_loader_") as tmp:
         fgs, alphas, bgs = make_data(Path(tmp), args.fgs, args.bgs, seed=0)
-        print("| preset | crop | windows | workers | samples/s | ms/sample |")
-        print("|---|---|---|---|---|---|")
+        print("| preset | crop | windows | workers | samples/s | wall ms/sample | main-process CPU ms/sample |")
+        print("|---|---|---|---|---|---|---|")
         for preset, crop in runs:
             cfg = make_augment_config(preset, crop_size=crop)
             dataset = CompositionDataset(fgs, alphas, bgs, cfg, seed=0, cache=args.cache)
             for workers in args.workers:
-                sps = samples_per_second(dataset, workers, args.batch_size, args.batches)
+                sps, cpu = samples_per_second(dataset, workers, args.batch_size, args.batches)
                 windows = "/".join(str(w) for w in cfg.windows)
-                print(f"| {preset} | {crop} | {windows} | {workers} | {sps:.1f} | {1000 / sps:.0f} |", flush=True)
+                cpu_ms = f"{1000 * cpu:.0f}" if workers == 0 else "-"
+                print(f"| {preset} | {crop} | {windows} | {workers} | {sps:.1f} | {1000 / sps:.0f} | {cpu_ms} |",
+                      flush=True)
     return 0
 
 

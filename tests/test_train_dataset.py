@@ -192,6 +192,34 @@ def test_second_foreground_through_the_augmentation_on_constant_images():
     assert np.allclose(s["image"], alpha * expected, atol=1e-6)  # black bg
 
 
+def test_second_foreground_gets_the_same_geometry():
+    """Behind a fully transparent first fg the merge is the second fg itself: its red channel (= its alpha) must
+    still equal the output alpha through resize, affine, flips and crop."""
+    cfg = replace(BRANCHES["gca_all_on"], hsv_p=0.0)
+    rng = np.random.default_rng(5)
+    for seed in range(8):
+        h, w = rng.integers(30, 160, size=2)
+        alpha2 = soft_disc(h, w, rng)
+        fg2 = random_rgb(h, w, rng)
+        fg2[..., 0] = alpha2
+        s = CompositionAugment(cfg)(random_rgb(h, w, rng), np.zeros((h, w), np.uint8), random_rgb(40, 40, rng),
+                                    np.random.default_rng(seed), second=lambda: (fg2, alpha2))
+        seen = s["alpha"] > 0  # where nothing is seen the merged fg is the first one's colour
+        assert seen.any()
+        np.testing.assert_allclose(s["fg"][..., 0][seen], s["alpha"][seen], atol=1e-6)
+    # A second fg of another size: alpha2 is resized first, fg2 sampled from its own frame, so only close.
+    for seed in range(8):
+        h, w = rng.integers(30, 160, size=2)
+        h2, w2 = rng.integers(30, 200, size=2)
+        alpha2 = soft_disc(h2, w2, rng)
+        fg2 = random_rgb(h2, w2, rng)
+        fg2[..., 0] = alpha2
+        s = CompositionAugment(cfg)(random_rgb(h, w, rng), np.zeros((h, w), np.uint8), random_rgb(40, 40, rng),
+                                    np.random.default_rng(seed), second=lambda: (fg2, alpha2))
+        seen = s["alpha"] > 0
+        assert np.abs(s["fg"][..., 0][seen] - s["alpha"][seen]).mean() < 0.03
+
+
 def test_second_foreground_is_fetched_only_when_drawn():
     calls = []
     cfg = make_augment_config("gca", crop_size=CROP, second_fg_p=0.5)

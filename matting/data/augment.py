@@ -367,8 +367,10 @@ class CompositionAugment:
         if second is not None and cfg.second_fg_p > 0 and rng.random() < cfg.second_fg_p:
             fg2, alpha2 = second()
             _check_pair(fg2, alpha2, "second foreground")
+            # Only alpha2 is resized to the first fg's size here: the crop centre is chosen on the merged alpha and
+            # must be sampled exactly; fg2's colours are sampled straight from its own frame by the warp below.
+            fg2_to_fg = _resize_map(alpha2.shape, (h, w))
             if alpha2.shape != (h, w):
-                fg2 = cv2.resize(fg2, (w, h), interpolation=cv2.INTER_LINEAR)
                 alpha2 = cv2.resize(alpha2, (w, h), interpolation=cv2.INTER_LINEAR)
 
         # The canvas is the foreground frame the window is cut from: the source, optionally resized, upscaled when
@@ -402,7 +404,7 @@ class CompositionAugment:
             fg_out, alpha_out = blend_foregrounds(
                 fg_out,
                 alpha_out,
-                _warp(fg2, out_to_src, out).astype(np.float32) / 255,
+                _warp(fg2, fg2_to_fg @ out_to_src, out).astype(np.float32) / 255,
                 _warp(alpha2, out_to_src, out).astype(np.float32) / 255,
             )
         if self._hsv is not None and rng.random() < cfg.hsv_p:
