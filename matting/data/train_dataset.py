@@ -36,7 +36,8 @@ _MAX_LISTED = 50
 
 
 def _check_inputs(fg_paths: Sequence[Path], alpha_paths: Sequence[Path], bg_paths: Sequence[Path]) -> None:
-    """Raises one MattingError for empty or unequal lists, or listing every missing file."""
+    """Raises one MattingError for empty or unequal lists, or for missing files: all of them counted, the first
+    ``_MAX_LISTED`` named (a forgotten COCO folder would otherwise print 43,100 paths on one line)."""
     if not fg_paths:
         raise MattingError("no training foregrounds given (the foreground list is empty)")
     if len(fg_paths) != len(alpha_paths):
@@ -81,8 +82,9 @@ class CompositionDataset(Dataset):
     (not ImageNet-normalised); ``alpha``: (1, S, S) float32 in [0, 1]; ``trimap``: (1, S, S) uint8 in
     {0, 128, 255}; ``name``: the foreground's file stem. image == alpha * fg + (1 - alpha) * bg.
 
-    Missing files (all of them), empty lists and unequal fg/alpha counts raise MattingError up front; a fg/alpha
-    size mismatch or an unreadable file raises MattingError naming the file(s) when it is read.
+    Missing files (all counted, the first 50 named, in one line), empty lists and unequal fg/alpha counts raise
+    MattingError up front; a fg/alpha size mismatch, a 16-bit or an unreadable file raises MattingError naming
+    the file(s) when it is read (up front with ``cache=True``).
     """
 
     def __init__(
