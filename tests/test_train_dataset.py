@@ -358,6 +358,15 @@ def test_missing_files_are_all_listed_up_front(files, tmp_path):
         ValidationDataset(files.fg, files.alpha, bgs, seed=0)
 
 
+def test_many_missing_files_are_counted_and_the_first_50_named(files, tmp_path):
+    bgs = [tmp_path / f"coco_{i:03d}.jpg" for i in range(60)]
+    with pytest.raises(MattingError) as err:
+        CompositionDataset(files.fg, files.alpha, bgs, PRESETS["gca"], seed=0)
+    msg = str(err.value)
+    assert msg.startswith("60 input files not found") and "coco_049.jpg" in msg and "coco_050.jpg" not in msg
+    assert msg.endswith("... and 10 more")
+
+
 def test_empty_and_unpaired_lists(files):
     with pytest.raises(MattingError, match="foreground list is empty"):
         CompositionDataset([], [], files.bg, PRESETS["gca"], seed=0)
