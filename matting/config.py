@@ -273,6 +273,17 @@ def _check_consistency(cfg: Config, where: str) -> None:
     for name, weight in cfg.loss.weights.items():
         if not isinstance(weight, (int, float)) or isinstance(weight, bool):
             raise MattingError(f"{where}: 'loss.weights.{name}' must be a number, got {weight!r}")
+    # Names that live in registries are checked here too, so a typo fails at load time, not after data set-up.
+    from matting.losses import LOSSES
+    from matting.upsamplers import available_upsamplers
+
+    unknown = sorted(set(cfg.loss.weights) - set(LOSSES))
+    if unknown:
+        raise MattingError(f"{where}: unknown loss 'loss.weights.{unknown[0]}' (known: {', '.join(LOSSES)})")
+    if cfg.model.upsampler not in available_upsamplers():
+        raise MattingError(
+            f"{where}: unknown 'model.upsampler' {cfg.model.upsampler!r} (known: {', '.join(available_upsamplers())})"
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -24,8 +24,8 @@ def test_every_shipped_config_loads():
 
 
 def test_base_include_and_overrides(tmp_path):
-    write(tmp_path / "base.yaml", "name: a\ntrain: {lr: 0.5, batch_size: 4}\nloss: {weights: {l1: 1.0, composition: 2}}\n")
-    child = write(tmp_path / "child.yaml", "base: base.yaml\ntrain: {batch_size: 8}\nloss: {weights: {l1: 3}}\n")
+    write(tmp_path / "base.yaml", "name: a\ntrain: {lr: 0.5, batch_size: 4}\nloss: {weights: {alpha_l1: 1.0, composition: 2}}\n")
+    child = write(tmp_path / "child.yaml", "base: base.yaml\ntrain: {batch_size: 8}\nloss: {weights: {alpha_l1: 3}}\n")
     cfg = load_config(child, ["train.lr=1e-3", "model.upsampler=bilinear", "train.grad_clip=null"])
     assert cfg.name == "a"
     assert cfg.train.batch_size == 8  # child overrides base
@@ -33,7 +33,7 @@ def test_base_include_and_overrides(tmp_path):
     assert cfg.model.upsampler == "bilinear"
     assert cfg.train.grad_clip is None
     # A dict-valued key is replaced as a whole so a variant can drop a loss term.
-    assert cfg.loss.weights == {"l1": 3}
+    assert cfg.loss.weights == {"alpha_l1": 3}
 
 
 def test_paper_variants_inherit_the_recipe():
@@ -56,7 +56,9 @@ def test_paper_variants_inherit_the_recipe():
         ("model: {encoder: vgg16}\n", "'model.encoder' must be one of resnet34, mobilenetv2"),
         ("model: 3\n", "'model' must be a section"),
         ("train: {betas: [0.9]}\n", "'train.betas' must be two numbers"),
-        ("loss: {weights: {l1: big}}\n", "'loss.weights.l1' must be a number"),
+        ("loss: {weights: {alpha_l1: big}}\n", "'loss.weights.alpha_l1' must be a number"),
+        ("loss: {weights: {alpha_l2: 1}}\n", "unknown loss 'loss.weights.alpha_l2'"),
+        ("model: {upsampler: fadee}\n", "unknown 'model.upsampler' 'fadee' (known: "),
         ("train: [1, 2\n", "invalid YAML"),
     ],
 )
