@@ -2,7 +2,7 @@
 
 Generates foregrounds of realistic size (1000-2000 px sides, JPEG like Adobe's training set) and 640x480 JPEG
 backgrounds (like COCO) in a temporary folder, then times each (preset, crop size, worker count) and prints a
-markdown table. The first batch of every run is excluded (worker start-up, first reads).
+markdown table. The first max(1, workers) batches of every run are excluded (worker start-up, first reads).
 
     .venv/bin/python scripts/bench_loader.py                      # both presets at their crops and at 160
     .venv/bin/python scripts/bench_loader.py --workers 0 2 4 --batches 20
@@ -74,7 +74,8 @@ def samples_per_second(dataset: CompositionDataset, workers: int, batch_size: in
         worker_init_fn=worker_init_fn if workers > 0 else None, generator=torch.Generator().manual_seed(0),
     )
     it = iter(loader)
-    next(it)  # warm-up: worker start-up and first reads
+    for _ in range(max(1, workers)):  # warm-up: start-up; the workers' first batches all arrive at about once
+        next(it)
     start, cpu_start = time.perf_counter(), time.process_time()
     for _ in range(batches):
         next(it)
@@ -89,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fgs", type=int, default=6, help="generated foregrounds (1000-2000 px)")
     parser.add_argument("--bgs", type=int, default=12, help="generated 640x480 backgrounds")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--batches", type=int, default=10, help="timed batches per run (after one warm-up batch)")
+    parser.add_argument("--batches", type=int, default=10, help="timed batches per run (after the warm-up ones)")
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2])
     parser.add_argument("--small-crop", type=int, default=160, help="also run both presets at this crop (0: skip)")
     parser.add_argument("--cache", action="store_true", help="decode images once up front (CompositionDataset cache)")
