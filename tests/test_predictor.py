@@ -149,6 +149,9 @@ def test_grey_rgba_and_16bit_inputs_match_rgb():
     rgb16 = rgb.astype(np.uint16) * 257
     np.testing.assert_array_equal(matter.predict_uint8(rgb16, tri), rgb[:, :, 0])
     np.testing.assert_array_equal(as_rgb_uint8(grey[:, :, None]), np.repeat(grey[:, :, None], 3, axis=2))
+    # Views with negative strides (an OpenCV BGR image flipped to RGB, a flipped trimap) are fine.
+    bgr = np.ascontiguousarray(rgb[:, :, ::-1])
+    np.testing.assert_array_equal(matter.predict_uint8(bgr[:, :, ::-1], tri[::-1]), rgb[:, :, 0])
 
 
 def test_bad_inputs_raise_matting_error():

@@ -81,9 +81,8 @@ def as_rgb_uint8(image: np.ndarray, name: str = "image") -> np.ndarray:
         raise MattingError(f"{name}: expected shape (H, W), (H, W, 3) or (H, W, 4), got {image.shape}")
     if image.shape[2] == 1:
         return np.repeat(image, 3, axis=2)
-    if image.shape[2] == 4:
-        return np.ascontiguousarray(image[:, :, :3])
-    return image
+    # Contiguous copies only where needed: views such as bgr[:, :, ::-1] have negative strides torch rejects.
+    return np.ascontiguousarray(image[:, :, :3])
 
 
 def _as_trimap(trimap: np.ndarray, name: str = "trimap") -> np.ndarray:
@@ -97,7 +96,7 @@ def _as_trimap(trimap: np.ndarray, name: str = "trimap") -> np.ndarray:
         raise MattingError(f"{name}: expected shape (H, W), got {trimap.shape}")
     if not _TRIMAP_OK[trimap].all():
         trimap = normalize_trimap(trimap, name)
-    return trimap
+    return np.ascontiguousarray(trimap)
 
 
 def to_uint8_alpha(alpha: np.ndarray) -> np.ndarray:
