@@ -17,6 +17,7 @@ remember which library read the file:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
 import warnings
@@ -133,26 +134,41 @@ def check_same_size(path_a: str | os.PathLike, a: np.ndarray, path_b: str | os.P
         )
 
 
-def write_png(path: str | os.PathLike, image: np.ndarray) -> None:
-    """Writes an 8-bit PNG atomically (temporary file in the same folder + rename).
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str = ""):
+    """Yields a temporary path next to ``path``; on success it is renamed over ``path``, on failure removed.
 
-    Args:
-        image: (H, W) uint8 grey, (H, W, 3) uint8 RGB or (H, W, 4) uint8 RGBA.
+    ``suffix`` keeps the extension that encoders such as ``cv2.imwrite`` choose the format by. An interrupted
+    run therefore never leaves a truncated file under the final name.
     """
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    if image.dtype != np.uint8:
-        raise TypeError(f"write_png expects uint8, got {image.dtype}")
-    if image.ndim == 3:
-        image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR if image.shape[2] == 3 else cv2.COLOR_RGBA2BGRA)
-    tmp = p.with_name(f".{p.name}.tmp{os.getpid()}.png")
+    tmp = p.with_name(f".{p.name}.tmp{os.getpid()}{suffix}")
     try:
-        if not cv2.imwrite(str(tmp), image):
-            raise MattingError(f"{p}: could not write the image")
+        yield tmp
         os.replace(tmp, p)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _imwrite(path: str | os.PathLike, image: np.ndarray, suffix: str, params: list[int]) -> None:
+    if image.dtype != np.uint8:
+        raise TypeError(f"writing {path}: expected uint8, got {image.dtype}")
+    if image.ndim == 3:
+        image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR if image.shape[2] == 3 else cv2.COLOR_RGBA2BGRA)
+    with atomic_path(path, suffix) as tmp:
+        if not cv2.imwrite(str(tmp), image, params):
+            raise MattingError(f"{path}: could not write the image")
+
+
+def write_png(path: str | os.PathLike, image: np.ndarray) -> None:
+    """Writes an 8-bit PNG atomically.
+
+    Args:
+        image: (H, W) uint8 grey, (H, W, 3) uint8 RGB or (H, W, 4) uint8 RGBA.
+    """
+    _imwrite(path, image, ".png", [])
 
 
 def list_images(folder: str | os.PathLike) -> list[Path]:
@@ -221,36 +237,16 @@ def read_rgb_pil(path: str | os.PathLike) -> "PIL.Image.Image":  # noqa: F821 (P
 
 
 def write_jpeg(path: str | os.PathLike, image: np.ndarray, quality: int = 95) -> None:
-    """Writes an 8-bit JPEG atomically (temporary file in the same folder + rename).
+    """Writes an 8-bit JPEG atomically.
 
     Args:
         image: (H, W) uint8 grey or (H, W, 3) uint8 RGB.
         quality: libjpeg quality, 0..100.
     """
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    if image.dtype != np.uint8:
-        raise TypeError(f"write_jpeg expects uint8, got {image.dtype}")
-    if image.ndim == 3:
-        image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
-    tmp = p.with_name(f".{p.name}.tmp{os.getpid()}.jpg")
-    try:
-        if not cv2.imwrite(str(tmp), image, [cv2.IMWRITE_JPEG_QUALITY, int(quality)]):
-            raise MattingError(f"{p}: could not write the image")
-        os.replace(tmp, p)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    _imwrite(path, image, ".jpg", [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Writes a UTF-8 text file atomically (temporary file in the same folder + rename)."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.tmp{os.getpid()}")
-    try:
+    """Writes a UTF-8 text file atomically."""
+    with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, p)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
