@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from matting.upsamplers import reassembly
-from matting.upsamplers.reassembly import carafe
+from matting.upsamplers.reassembly import carafe, gated_carafe
 from matting.utils.flops import count_macs
 
 
@@ -60,9 +60,10 @@ SHAPES = [
 ]
 
 
+@pytest.mark.parametrize("softmax", [False, True])
 @pytest.mark.parametrize("band_bytes", [reassembly._BAND_BYTES, 1])  # 1 byte: one row per band
 @pytest.mark.parametrize("shape", SHAPES)
-def test_lean_equals_reference_in_values_and_gradients(shape, band_bytes, monkeypatch):
+def test_lean_equals_reference_in_values_and_gradients(shape, band_bytes, softmax, monkeypatch):
     monkeypatch.setattr(reassembly, "_BAND_BYTES", band_bytes)
     b, c, h, w, k, s = shape
     features, kernels = _random_inputs(b, c, h, w, k, s, seed=sum(shape))
@@ -70,12 +71,53 @@ def test_lean_equals_reference_in_values_and_gradients(shape, band_bytes, monkey
     results = []
     for impl in ("lean", "reference"):
         f, kk = features.clone().requires_grad_(), kernels.clone().requires_grad_()
-        out = carafe(f, kk, k, s, impl=impl)
+        out = carafe(f, kk, k, s, impl=impl, softmax=softmax)
         out.backward(grad)
         results.append((out, f.grad, kk.grad))
     for lean, ref in zip(*results):
         torch.testing.assert_close(lean, ref, rtol=0, atol=1e-6)
         assert (lean - ref).abs().max() < 1e-12  # in practice they agree to rounding
+
+
+@pytest.mark.parametrize("softmax", [False, True])
+@pytest.mark.parametrize("band_bytes", [reassembly._BAND_BYTES, 1])
+@pytest.mark.parametrize("gate_channels", [1, 3])
+@pytest.mark.parametrize("shape", [(2, 3, 5, 7, 5, 2), (1, 3, 2, 3, 3, 3)])
+def test_gated_lean_equals_reference(shape, gate_channels, band_bytes, softmax, monkeypatch):
+    monkeypatch.setattr(reassembly, "_BAND_BYTES", band_bytes)
+    b, c, h, w, k, s = shape
+    features, kernels = _random_inputs(b, c, h, w, k, s, seed=7)
+    skip = torch.randn(b, c, s * h, s * w, dtype=torch.float64)
+    gate = torch.rand(b, gate_channels, s * h, s * w, dtype=torch.float64)
+    grad = torch.randn(b, c, s * h, s * w, dtype=torch.float64)
+    results = []
+    for impl in ("lean", "reference"):
+        inputs = [t.clone().requires_grad_() for t in (features, kernels, skip, gate)]
+        out = gated_carafe(inputs[0], inputs[1], k, s, inputs[2], inputs[3], impl=impl, softmax=softmax)
+        out.backward(grad)
+        results.append([out] + [t.grad for t in inputs])
+    for lean, ref in zip(*results):
+        torch.testing.assert_close(lean, ref, rtol=0, atol=1e-12)
+
+
+def test_gated_lean_gradcheck_and_exact_ends():
+    features, kernels = _random_inputs(2, 3, 3, 4, 3, 2)
+    skip = torch.randn(2, 3, 6, 8, dtype=torch.float64)
+    gate = torch.rand(2, 1, 6, 8, dtype=torch.float64)
+    inputs = tuple(t.clone().requires_grad_() for t in (features, kernels, skip, gate))
+    assert torch.autograd.gradcheck(lambda f, k, sk, g: gated_carafe(f, k, 3, 2, sk, g), inputs)
+    assert torch.autograd.gradcheck(lambda f, k, sk, g: gated_carafe(f, k, 3, 2, sk, g, softmax=True), inputs)
+    assert torch.equal(gated_carafe(features, kernels, 3, 2, skip, torch.ones_like(gate)), skip)
+    assert torch.equal(gated_carafe(features, kernels, 3, 2, skip, torch.zeros_like(gate)), carafe(features, kernels, 3, 2))
+
+
+def test_gated_shape_errors():
+    features, kernels = _random_inputs(1, 2, 4, 4, 5, 2)
+    skip, gate = torch.zeros(1, 2, 8, 8, dtype=torch.float64), torch.zeros(1, 1, 8, 8, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"skip \(1, 2, 8, 7\)"):
+        gated_carafe(features, kernels, 5, 2, skip[..., :7], gate)
+    with pytest.raises(ValueError, match=r"gate \(1, 2, 8, 8\)|gate \(1, 3, 8, 8\)"):
+        gated_carafe(features, kernels, 5, 2, skip, torch.zeros(1, 3, 8, 8, dtype=torch.float64))
 
 
 def test_lean_gradcheck():
@@ -112,12 +154,13 @@ def test_strided_inputs_and_expanded_gradient():
     torch.testing.assert_close(k_t.grad, k_r.grad, rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("softmax", [False, True])
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
-def test_low_precision_dtypes(dtype, tol):
+def test_low_precision_dtypes(dtype, tol, softmax):
     features, kernels = _random_inputs(2, 4, 5, 6, 5, 2)
-    expected = carafe(features, kernels, 5, 2, impl="reference")
+    expected = carafe(features, kernels, 5, 2, impl="reference", softmax=softmax)
     f, k = features.to(dtype).requires_grad_(), kernels.to(dtype).requires_grad_()
-    out = carafe(f, k, 5, 2)
+    out = carafe(f, k, 5, 2, softmax=softmax)
     out.sum().backward()
     assert out.dtype == f.grad.dtype == k.grad.dtype == dtype
     torch.testing.assert_close(out.double(), expected, rtol=tol, atol=tol)

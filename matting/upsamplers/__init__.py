@@ -15,7 +15,7 @@ from .registry import (
 from .carafe import CARAFE
 from .encoder_paired import A2U, IndexNetUpsampler
 from .fade import FADE, FADELite, convert_official_fade_state_dict, semi_shift_logits
-from .reassembly import carafe
+from .reassembly import carafe, gated_carafe
 from .simple import BilinearUpsampler, DeconvUpsampler, NearestUpsampler, PixelShuffleUpsampler
 
 __all__ = [
@@ -32,6 +32,7 @@ __all__ = [
     "FADELite",
     "carafe",
     "convert_official_fade_state_dict",
+    "gated_carafe",
     "semi_shift_logits",
     "BilinearUpsampler",
     "DeconvUpsampler",

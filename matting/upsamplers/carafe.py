@@ -61,10 +61,14 @@ class CARAFE(Upsampler):
         nn.init.normal_(self.content_encoder.weight, std=0.001)
         nn.init.zeros_(self.content_encoder.bias)
 
+    def kernel_logits(self, de: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, K*K, sH, sW) kernel logits (channel k*s*s + phase before the pixel shuffle)."""
+        return F.pixel_shuffle(self.content_encoder(self.channel_compressor(de)), self.scale)
+
     def kernels(self, de: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, K*K, sH, sW) kernels, softmax-normalised over dim 1."""
-        logits = F.pixel_shuffle(self.content_encoder(self.channel_compressor(de)), self.scale)
-        return torch.softmax(logits, dim=1)
+        return torch.softmax(self.kernel_logits(de), dim=1)
 
     def upsample(self, en: torch.Tensor | None, de: torch.Tensor) -> torch.Tensor:
-        return carafe(de, self.kernels(de), self.up_kernel_size, self.scale, impl=self.reassembly)
+        logits = self.kernel_logits(de)
+        return carafe(de, logits, self.up_kernel_size, self.scale, impl=self.reassembly, softmax=True)

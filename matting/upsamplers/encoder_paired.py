@@ -100,6 +100,10 @@ class A2U(Upsampler):
 
     def kernels(self, en: torch.Tensor) -> torch.Tensor:
         """(B, C, 2H, 2W) -> (B, K*K, 2H, 2W) kernels, normalised over dim 1."""
+        return torch.softmax(self.kernel_logits(en), dim=1)
+
+    def kernel_logits(self, en: torch.Tensor) -> torch.Tensor:
+        """(B, C, 2H, 2W) -> (B, K*K, 2H, 2W) logits of the kernels' softmax."""
         b, c, h2, w2 = en.shape
         u = self._filtered(en, self.pool_u, self.filter_u, self.norm_u)
         v = self._filtered(en, self.pool_v, self.filter_v, self.norm_v)
@@ -109,11 +113,12 @@ class A2U(Upsampler):
         logits = torch.einsum("bkr,brhw->bkhw", proj, affinity)
         add_macs(u.numel() + logits.numel() * self.rank)
         logits = F.pixel_shuffle(logits, 2)
-        # Sigmoid before softmax, as in the authors' code: it bounds the logits to (0, 1).
-        return torch.softmax(torch.sigmoid(logits), dim=1)
+        # Sigmoid before the softmax, as in the authors' code: it bounds the logits to (0, 1).
+        return torch.sigmoid(logits)
 
     def upsample(self, en: torch.Tensor, de: torch.Tensor) -> torch.Tensor:
-        return carafe(de, self.kernels(en), self.up_kernel_size, 2, impl=self.reassembly)
+        logits = self.kernel_logits(en)
+        return carafe(de, logits, self.up_kernel_size, 2, impl=self.reassembly, softmax=True)
 
 
 @register_upsampler("indexnet")

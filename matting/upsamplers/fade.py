@@ -40,7 +40,8 @@ from torch import nn
 
 from matting.utils.flops import add_macs
 
-from .reassembly import IMPLEMENTATIONS, carafe
+from .banded import conv2d_banded
+from .reassembly import IMPLEMENTATIONS, gated_carafe
 from .registry import Upsampler, UpsamplerConfigError, register_upsampler
 
 __all__ = ["FADE", "FADELite", "semi_shift_logits", "convert_official_fade_state_dict"]
@@ -154,7 +155,8 @@ class _SemiShiftUpsampler(Upsampler):
         """kernel_conv(compress_en(en)) as one 3x3 conv of ``en``; see the module docstring."""
         conv_w, conv_b = self.kernel_conv.weight, self.kernel_conv.bias  # (K2, m, 3, 3), (K2,)
         proj_w, proj_b = self.compress_en.weight.flatten(1), self.compress_en.bias  # (m, C), (m,)
-        logits = F.conv2d(en, torch.einsum("omij,mc->ocij", conv_w, proj_w), conv_b, padding=1)
+        # Banded: at full resolution a plain conv backward holds two extra full-size oneDNN reorders.
+        logits = conv2d_banded(en, torch.einsum("omij,mc->ocij", conv_w, proj_w), conv_b)
         # The embedding's bias is zero-padded like the rest of the embedding, so on the border fewer of the
         # 3x3 taps see it. Its contribution, the same for every image of the batch, is
         #   sum_ij taps[o, i, j] * row_ok[i, y] * col_ok[j, x],
@@ -172,9 +174,11 @@ class _SemiShiftUpsampler(Upsampler):
         return torch.softmax(self.kernel_logits(en, de), dim=1)
 
     def upsample(self, en: torch.Tensor, de: torch.Tensor) -> torch.Tensor:
-        up = carafe(de, self.kernels(en, de), self.up_kernel_size, self.scale, impl=self.reassembly)
-        # lerp(up, en, g) = g * en + (1 - g) * up, in one op and one saved difference fewer.
-        return torch.lerp(up, en, self.gate_map(de))
+        # gate * en + (1 - gate) * carafe(de, softmax(logits)) in one op, so that neither the normalised
+        # kernels nor the reassembled tensor is ever stored at full resolution.
+        logits = self.kernel_logits(en, de)
+        k, s = self.up_kernel_size, self.scale
+        return gated_carafe(de, logits, k, s, en, self.gate_map(de), impl=self.reassembly, softmax=True)
 
 
 @register_upsampler("fade")

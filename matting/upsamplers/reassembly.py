@@ -3,16 +3,18 @@
     out[b, c, y, x] = sum_{i, j in -r..r} kernels[b, (i + r) * K + (j + r), y, x]
                                           * features[b, c, y // s + i, x // s + j]       (zero outside)
 
-with r = K // 2. Two implementations behind :func:`carafe`:
+with r = K // 2; :func:`gated_carafe` also blends the result with a skip feature, as FADE's gate does:
+``gate * skip + (1 - gate) * carafe(...)``. Two implementations behind both functions:
 
 - ``"reference"``: the official pure-PyTorch formulation. It unfolds ``features`` into (B, C*K*K, H*W), copies
   that to all s*s output phases and contracts with the kernels, so it holds about s*s*K*K = 100 copies of the
   input (25x the output) at once, in forward and again in backward. Kept for tests and as a benchmark row.
 - ``"lean"`` (default): computes each output phase (the s*s pixels sharing one source pixel) as K*K in-place
   multiply-adds of shifted views of the padded input, a band of rows at a time so that the accumulator stays
-  in cache. Extra memory is of the order of one phase of the output; its backward (a custom op, because plain
-  slicing ops would allocate a zero-filled gradient of the whole input for every one of the 100 slices) is
-  equally lean. It is a ``torch.library`` custom op, so ``torch.compile`` treats it as one opaque node.
+  in cache, and blends each band with the skip feature before writing it out. Extra memory is of the order of
+  one band; the backward recomputes each band instead of saving the (B, C, sH, sW) reassembled tensor. It is a
+  ``torch.library`` custom op with its own backward (plain slicing ops would allocate a zero-filled gradient
+  of the whole input for every one of the s*s*K*K slices), so ``torch.compile`` sees one opaque node.
 """
 
 from __future__ import annotations
@@ -22,13 +24,14 @@ import torch.nn.functional as F
 
 from matting.utils.flops import add_macs
 
-__all__ = ["carafe", "carafe_reference", "carafe_lean", "check_carafe_inputs", "IMPLEMENTATIONS"]
+__all__ = ["carafe", "gated_carafe", "carafe_reference", "check_carafe_inputs", "IMPLEMENTATIONS"]
 
 IMPLEMENTATIONS = ("lean", "reference")
 
-# Accumulator band size for the lean CPU path: ~2 MiB keeps the K*K read-modify-write passes over the band
-# in L2/L3 instead of main memory (measured ~1.5x faster than whole-phase passes at C=32, 1024^2 output).
-_BAND_BYTES = 2 << 20
+# Band size of the lean CPU path. A few MiB keeps the K*K read-modify-write passes over a band in cache (about
+# 1.5x faster than whole-phase passes at C=32, 1024^2 output) while keeping the op count low: on a shared
+# machine every multi-threaded op pays an OpenMP barrier, which smaller bands multiply.
+_BAND_BYTES = 8 << 20
 
 
 def check_carafe_inputs(features: torch.Tensor, kernels: torch.Tensor, kernel_size: int, scale: int) -> None:
@@ -56,8 +59,18 @@ def check_carafe_inputs(features: torch.Tensor, kernels: torch.Tensor, kernel_si
         )
 
 
+def _check_impl(impl: str) -> None:
+    if impl not in IMPLEMENTATIONS:
+        raise ValueError(f"carafe: unknown impl {impl!r}; choose one of {', '.join(IMPLEMENTATIONS)}")
+
+
 def carafe(
-    features: torch.Tensor, kernels: torch.Tensor, kernel_size: int, scale: int, impl: str = "lean"
+    features: torch.Tensor,
+    kernels: torch.Tensor,
+    kernel_size: int,
+    scale: int,
+    impl: str = "lean",
+    softmax: bool = False,
 ) -> torch.Tensor:
     """Reassembles ``features`` with per-pixel kernels.
 
@@ -68,18 +81,64 @@ def carafe(
         kernel_size: K, odd.
         scale: s, a positive int.
         impl: ``"lean"`` (default) or ``"reference"``; both give the same result and gradients.
+        softmax: the kernels are logits: normalise them with a softmax over dim 1 first. The lean op then
+            never stores the normalised kernels (it recomputes them per band in backward).
 
     Returns:
         (B, C, s*H, s*W) tensor of ``features``' dtype.
     """
     check_carafe_inputs(features, kernels, kernel_size, scale)
+    _check_impl(impl)
     b, c, h, w = features.shape
     add_macs(b * c * h * w * scale * scale * kernel_size * kernel_size)
-    if impl == "lean":
-        return carafe_lean(features, kernels, kernel_size, scale)
     if impl == "reference":
-        return carafe_reference(features, kernels, kernel_size, scale)
-    raise ValueError(f"carafe: unknown impl {impl!r}; choose one of {', '.join(IMPLEMENTATIONS)}")
+        return carafe_reference(features, kernels.softmax(dim=1) if softmax else kernels, kernel_size, scale)
+    return _carafe_lean_op(features.contiguous(), kernels.contiguous(), kernel_size, scale, None, None, softmax)
+
+
+def gated_carafe(
+    features: torch.Tensor,
+    kernels: torch.Tensor,
+    kernel_size: int,
+    scale: int,
+    skip: torch.Tensor,
+    gate: torch.Tensor,
+    impl: str = "lean",
+    softmax: bool = False,
+) -> torch.Tensor:
+    """``gate * skip + (1 - gate) * carafe(features, kernels, kernel_size, scale)`` in one pass.
+
+    Args:
+        features, kernels, kernel_size, scale, softmax: as in :func:`carafe`.
+        skip: (B, C, s*H, s*W), the tensor the gate lets through (FADE's ``en``).
+        gate: (B, 1, s*H, s*W) or (B, C, s*H, s*W), usually in [0, 1].
+        impl: ``"lean"`` computes it as ``torch.lerp(carafe(...), skip, gate)`` band by band (so gate 0 gives
+            the reassembly and gate 1 gives ``skip`` exactly); ``"reference"`` evaluates the formula above
+            with whole tensors, as the official code does.
+
+    Returns:
+        (B, C, s*H, s*W).
+    """
+    check_carafe_inputs(features, kernels, kernel_size, scale)
+    _check_impl(impl)
+    b, c, h, w = features.shape
+    out_shape = (b, c, scale * h, scale * w)
+    if tuple(skip.shape) != out_shape or gate.dim() != 4 or gate.shape[1] not in (1, c) or (
+        (gate.shape[0],) + tuple(gate.shape[2:]) != (b, scale * h, scale * w)
+    ):
+        raise ValueError(
+            f"gated_carafe: skip {tuple(skip.shape)} and gate {tuple(gate.shape)} do not match features "
+            f"{tuple(features.shape)}: expected skip {out_shape} and gate {(b, 1, scale * h, scale * w)} or {out_shape}"
+        )
+    if not (skip.dtype == gate.dtype == features.dtype):
+        raise ValueError(f"gated_carafe: skip ({skip.dtype}) and gate ({gate.dtype}) must be {features.dtype}")
+    add_macs(b * c * h * w * scale * scale * kernel_size * kernel_size)
+    if impl == "reference":
+        kernels = kernels.softmax(dim=1) if softmax else kernels
+        return gate * skip + (1 - gate) * carafe_reference(features, kernels, kernel_size, scale)
+    return _carafe_lean_op(
+        features.contiguous(), kernels.contiguous(), kernel_size, scale, skip.contiguous(), gate.contiguous(), softmax
+    )
 
 
 def carafe_reference(features: torch.Tensor, kernels: torch.Tensor, kernel_size: int, scale: int) -> torch.Tensor:
@@ -93,24 +152,32 @@ def carafe_reference(features: torch.Tensor, kernels: torch.Tensor, kernel_size:
     return torch.einsum("bkchw,bkhw->bchw", patches, kernels)
 
 
+# --- the lean implementation ------------------------------------------------------------------------------
+#
+# Work is split into (row band, output phase) pieces: input rows [y0, y1) and the output pixels (s*y + py,
+# s*x + px) they feed. Per piece, the kernels (and skip, gate, output gradient) of that piece are gathered into
+# small dense buffers, the reassembly is accumulated densely in place (nothing is allocated per offset), and
+# the results are scattered back to the piece's strided positions. With ``softmax`` the op receives logits and
+# normalises each piece's kernels itself, so neither the normalised kernels nor their gradient ever exist as
+# full-size tensors.
+
+
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     # Half-precision sums of 25 terms lose ~2 bits; accumulate in float32 like the matmul in the reference.
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
-
-def _band_rows(t: torch.Tensor, rows_total: int) -> int:
-    """Rows per band so that one (B, C, rows, W) accumulator band is about _BAND_BYTES (whole phase on GPU)."""
+def _band_rows(t: torch.Tensor) -> int:
+    """Rows per band so that one (B, C, rows, W) band is about _BAND_BYTES (the whole phase on GPU)."""
+    b, c, h, w = t.shape
     if t.device.type != "cpu":
-        return rows_total
-    b, c, _, w = t.shape
+        return h
     per_row = max(1, b * c * w * torch.finfo(_acc_dtype(t.dtype)).bits // 8)
-    return max(1, min(rows_total, _BAND_BYTES // per_row))
+    return max(1, min(h, _BAND_BYTES // per_row))
 
 
-def _bands(h: int, rows: int, scale: int):
-    """Yields (y0, y1, out_rows, out_cols) per (row band, output phase): input rows [y0, y1) and the slices
-    of the (s*H, s*W) output that phase (py, px) of those rows occupies."""
+def _pieces(h: int, rows: int, scale: int):
+    """Yields (y0, y1, out_rows, out_cols): input rows and the (s*H, s*W)-slices of one band and phase."""
     for y0 in range(0, h, rows):
         y1 = min(h, y0 + rows)
         for py in range(scale):
@@ -118,37 +185,76 @@ def _bands(h: int, rows: int, scale: int):
                 yield y0, y1, slice(scale * y0 + py, scale * y1, scale), slice(px, None, scale)
 
 
-# The lean op works on one (row band, output phase) at a time: the kernels of that band and phase are gathered
-# into a small dense buffer, the output rows are accumulated densely (in place, so nothing is allocated per
-# offset) and then scattered to their phase. No full-size phase-major copy of anything is made, in forward or
-# in backward.
+def _reassemble(acc, padded, ker, y0, y1, kernel_size) -> None:
+    """acc (B, C, n, W) = sum_k ker[:, k] * window_k of padded rows y0..y1 (acc is overwritten)."""
+    w = acc.shape[-1]
+    for k in range(kernel_size * kernel_size):
+        i, j = divmod(k, kernel_size)
+        window = padded[:, :, y0 + i : y1 + i, j : j + w]
+        if k == 0:
+            torch.mul(window, ker[:, k : k + 1], out=acc)
+        else:
+            acc.addcmul_(window, ker[:, k : k + 1])
+
+
+def _gather_kernels(buf, kernels, rows, cols, n, softmax: bool) -> torch.Tensor:
+    """The (B, K*K, n, W) kernels of one piece, normalised here when ``softmax`` (in the accumulation dtype)."""
+    k2 = kernels.shape[1]
+    if not softmax:
+        ker = buf("ker", k2, n, kernels.dtype)
+        ker.copy_(kernels[:, :, rows, cols])
+        return ker
+    ker = buf("ker", k2, n, _acc_dtype(kernels.dtype))
+    ker.copy_(kernels[:, :, rows, cols])
+    torch.softmax(ker, dim=1, out=ker)
+    return ker
+
+
+class _Buffers:
+    """Reusable band buffers, sliced to each band's height."""
+
+    def __init__(self, like: torch.Tensor, rows: int) -> None:
+        self.like, self.rows, self.cache = like, rows, {}
+
+    def __call__(self, name: str, channels: int, n: int, dtype: torch.dtype) -> torch.Tensor:
+        if name not in self.cache:
+            b, _, _, w = self.like.shape
+            self.cache[name] = self.like.new_empty(b, channels, self.rows, w, dtype=dtype)
+        return self.cache[name][:, :, :n]
 
 
 @torch.library.custom_op("matting::carafe_lean", mutates_args=())
-def _carafe_lean_op(features: torch.Tensor, kernels: torch.Tensor, kernel_size: int, scale: int) -> torch.Tensor:
+def _carafe_lean_op(
+    features: torch.Tensor,
+    kernels: torch.Tensor,
+    kernel_size: int,
+    scale: int,
+    skip: torch.Tensor | None,
+    gate: torch.Tensor | None,
+    softmax: bool,
+) -> torch.Tensor:
     b, c, h, w = features.shape
     r, k2 = kernel_size // 2, kernel_size * kernel_size
+    acc_dtype = _acc_dtype(features.dtype)
     padded = F.pad(features, (r, r, r, r))
     out = features.new_empty(b, c, scale * h, scale * w)
-    rows = _band_rows(features, h)
-    acc_buf = features.new_empty(b, c, rows, w, dtype=_acc_dtype(features.dtype))
-    ker_buf = kernels.new_empty(b, k2, rows, w)
-    for y0, y1, out_rows, out_cols in _bands(h, rows, scale):
-        acc, ker = acc_buf[:, :, : y1 - y0], ker_buf[:, :, : y1 - y0]
-        ker.copy_(kernels[:, :, out_rows, out_cols])
-        for k in range(k2):
-            i, j = divmod(k, kernel_size)
-            window = padded[:, :, y0 + i : y1 + i, j : j + w]
-            if k == 0:
-                torch.mul(window, ker[:, k : k + 1], out=acc)
-            else:
-                acc.addcmul_(window, ker[:, k : k + 1])
-        out[:, :, out_rows, out_cols] = acc
+    buf = _Buffers(features, _band_rows(features))
+    for y0, y1, rows, cols in _pieces(h, buf.rows, scale):
+        n = y1 - y0
+        ker = _gather_kernels(buf, kernels, rows, cols, n, softmax)
+        acc = buf("acc", c, n, acc_dtype)
+        _reassemble(acc, padded, ker, y0, y1, kernel_size)
+        if skip is not None:
+            skip_band, gate_band = buf("skip", c, n, acc_dtype), buf("gate", gate.shape[1], n, acc_dtype)
+            skip_band.copy_(skip[:, :, rows, cols])
+            gate_band.copy_(gate[:, :, rows, cols])
+            torch.lerp(acc, skip_band, gate_band, out=acc)
+        out[:, :, rows, cols] = acc
     return out
 
 
 @_carafe_lean_op.register_fake
-def _(features, kernels, kernel_size, scale):
+def _(features, kernels, kernel_size, scale, skip, gate, softmax):
     b, c, h, w = features.shape
     return features.new_empty(b, c, h * scale, w * scale)
 
@@ -160,69 +266,86 @@ def _carafe_lean_backward_op(
     kernels: torch.Tensor,
     kernel_size: int,
     scale: int,
-    need_features: bool,
-    need_kernels: bool,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    skip: torch.Tensor | None,
+    gate: torch.Tensor | None,
+    softmax: bool,
+    needs: list[bool],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     b, c, h, w = features.shape
     r, k2 = kernel_size // 2, kernel_size * kernel_size
     acc_dtype = _acc_dtype(features.dtype)
+    need_features, need_kernels, need_skip, need_gate = needs
+    gated = skip is not None
     padded = F.pad(features, (r, r, r, r))
     grad_padded = features.new_zeros(b, c, h + 2 * r, w + 2 * r, dtype=acc_dtype) if need_features else None
     grad_kernels = torch.empty_like(kernels) if need_kernels else kernels.new_empty(0)
-    rows = _band_rows(features, h)
-    grad_buf = features.new_empty(b, c, rows, w, dtype=acc_dtype)
-    prod_buf = features.new_empty(b, c, rows, w, dtype=acc_dtype)
-    ker_buf = kernels.new_empty(b, k2, rows, w)
-    grad_ker_buf = kernels.new_empty(b, k2, rows, w, dtype=acc_dtype)
-    for y0, y1, out_rows, out_cols in _bands(h, rows, scale):
+    grad_skip = torch.empty_like(skip) if gated and need_skip else features.new_empty(0)
+    grad_gate = torch.empty_like(gate) if gated and need_gate else features.new_empty(0)
+    buf = _Buffers(features, _band_rows(features))
+    for y0, y1, rows, cols in _pieces(h, buf.rows, scale):
         n = y1 - y0
-        g, ker, prod, grad_ker = grad_buf[:, :, :n], ker_buf[:, :, :n], prod_buf[:, :, :n], grad_ker_buf[:, :, :n]
-        g.copy_(grad_out[:, :, out_rows, out_cols])
-        if need_features:
-            ker.copy_(kernels[:, :, out_rows, out_cols])
+        ker = _gather_kernels(buf, kernels, rows, cols, n, softmax)
+        grad = buf("grad", c, n, acc_dtype)  # becomes the gradient of the reassembled band
+        grad.copy_(grad_out[:, :, rows, cols])
+        if gated:
+            gate_band = buf("gate", gate.shape[1], n, acc_dtype)
+            gate_band.copy_(gate[:, :, rows, cols])
+            if need_skip:
+                grad_skip[:, :, rows, cols] = grad * gate_band
+            if need_gate:
+                # d/dgate of lerp(up, skip, gate) = skip - up: recompute this band of up rather than store it.
+                diff = buf("acc", c, n, acc_dtype)
+                _reassemble(diff, padded, ker, y0, y1, kernel_size)
+                skip_band = buf("skip", c, n, acc_dtype)
+                skip_band.copy_(skip[:, :, rows, cols])
+                torch.sub(skip_band, diff, out=diff)
+                diff.mul_(grad)
+                grad_gate[:, :, rows, cols] = diff.sum(dim=1, keepdim=True) if gate.shape[1] == 1 else diff
+            grad.mul_(1 - gate_band)
+        if need_kernels:
+            grad_ker, prod = buf("grad_ker", k2, n, acc_dtype), buf("prod", c, n, acc_dtype)
         for k in range(k2):
             i, j = divmod(k, kernel_size)
-            if need_features:
-                # d out / d features: scatter the output gradient back through the same window (transpose).
-                grad_padded[:, :, y0 + i : y1 + i, j : j + w].addcmul_(g, ker[:, k : k + 1])
-            if need_kernels:
-                # d out / d kernel k: the channel-wise dot product of gradient and window.
-                torch.mul(g, padded[:, :, y0 + i : y1 + i, j : j + w], out=prod)
+            window = (slice(None), slice(None), slice(y0 + i, y1 + i), slice(j, j + w))
+            if need_features:  # transpose of the gather: scatter the gradient back through the window
+                grad_padded[window].addcmul_(grad, ker[:, k : k + 1])
+            if need_kernels:  # channel-wise dot product of gradient and window
+                torch.mul(grad, padded[window], out=prod)
                 torch.sum(prod, dim=1, out=grad_ker[:, k])
         if need_kernels:
-            grad_kernels[:, :, out_rows, out_cols] = grad_ker
+            if softmax:  # through the softmax: k * (g - sum_j k_j g_j)
+                dot = (grad_ker * ker).sum(dim=1, keepdim=True)
+                grad_ker.sub_(dot).mul_(ker)
+            grad_kernels[:, :, rows, cols] = grad_ker
     if need_features:
         grad_features = grad_padded[:, :, r : r + h, r : r + w].to(features.dtype, copy=False)
     else:
         grad_features = features.new_empty(0)
-    return grad_features, grad_kernels
+    return grad_features, grad_kernels, grad_skip, grad_gate
 
 
 @_carafe_lean_backward_op.register_fake
-def _(grad_out, features, kernels, kernel_size, scale, need_features, need_kernels):
-    grad_features = torch.empty_like(features) if need_features else features.new_empty(0)
-    grad_kernels = torch.empty_like(kernels) if need_kernels else kernels.new_empty(0)
-    return grad_features, grad_kernels
+def _(grad_out, features, kernels, kernel_size, scale, skip, gate, softmax, needs):
+    def like(t, needed):
+        return torch.empty_like(t) if t is not None and needed else features.new_empty(0)
+
+    return like(features, needs[0]), like(kernels, needs[1]), like(skip, needs[2]), like(gate, needs[3])
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    features, kernels, kernel_size, scale = inputs
-    ctx.save_for_backward(features, kernels)
-    ctx.kernel_size, ctx.scale = kernel_size, scale
+    features, kernels, kernel_size, scale, skip, gate, softmax = inputs
+    ctx.save_for_backward(features, kernels, skip, gate)
+    ctx.kernel_size, ctx.scale, ctx.softmax = kernel_size, scale, softmax
 
 
 def _backward(ctx, grad_out):
-    features, kernels = ctx.saved_tensors
-    need_features, need_kernels = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-    grad_features, grad_kernels = _carafe_lean_backward_op(
-        grad_out, features, kernels, ctx.kernel_size, ctx.scale, need_features, need_kernels
+    features, kernels, skip, gate = ctx.saved_tensors
+    needs = [bool(x) for x in ctx.needs_input_grad[:2]] + [bool(ctx.needs_input_grad[i]) for i in (4, 5)]
+    grads = _carafe_lean_backward_op(
+        grad_out, features, kernels, ctx.kernel_size, ctx.scale, skip, gate, ctx.softmax, needs
     )
-    return (grad_features if need_features else None, grad_kernels if need_kernels else None, None, None)
+    grad_features, grad_kernels, grad_skip, grad_gate = (g if need else None for g, need in zip(grads, needs))
+    return grad_features, grad_kernels, None, None, grad_skip, grad_gate, None
 
 
 _carafe_lean_op.register_autograd(_backward, setup_context=_setup_context)
-
-
-def carafe_lean(features: torch.Tensor, kernels: torch.Tensor, kernel_size: int, scale: int) -> torch.Tensor:
-    """The memory-lean reassembly (see module docstring). Shapes as in :func:`carafe`; no input checks."""
-    return _carafe_lean_op(features.contiguous(), kernels.contiguous(), kernel_size, scale)
