@@ -91,3 +91,8 @@ def test_reference_documents_every_key():
     table = reference_markdown()
     for key in ("model.upsampler", "data.preset", "train.encoder_lr_mult", "train.amp", "loss.weights", "seed"):
         assert f"`{key}`" in table
+
+
+def test_readme_carries_the_current_reference():
+    """The README's config table is this schema's output, so docs cannot drift from the code."""
+    assert reference_markdown() in (REPO / "README.md").read_text()
