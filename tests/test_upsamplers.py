@@ -233,7 +233,7 @@ def _semi_shift_by_definition(en, de, fade):
 
 
 @pytest.mark.parametrize(
-    "make", [lambda: FADE(6, fold_compress_en=True), lambda: FADE(6, fold_compress_en=False), lambda: FADELite(6)]
+    "make", [lambda: FADE(6, fold_compressors=True), lambda: FADE(6, fold_compressors=False), lambda: FADELite(6)]
 )
 def test_semi_shift_generator_equals_explicit_construction(make):
     fade = _randomise(make().double())
@@ -249,7 +249,7 @@ def test_folding_compress_en_is_exact_in_values_and_gradients():
     en, de = _pair(c=5, h=3, w=4, seed=2)
     outs = []
     for fold in (True, False):
-        fade = _randomise(FADE(5, fold_compress_en=fold).double())
+        fade = _randomise(FADE(5, fold_compressors=fold).double())
         e, d = en.clone().requires_grad_(), de.clone().requires_grad_()
         out = fade(e, d)
         out.sin().sum().backward()
@@ -259,10 +259,10 @@ def test_folding_compress_en_is_exact_in_values_and_gradients():
 
 
 def test_fold_is_chosen_by_cost():
-    assert FADE(32).fold_compress_en and FADE(64).fold_compress_en
-    assert not FADE(128).fold_compress_en and not FADELite(32).fold_compress_en
-    with pytest.raises(ValueError, match="fold_compress_en"):
-        build_upsampler("fade", 8, fold_compress_en="yes")
+    assert FADE(32).fold_compressors and FADE(64).fold_compressors
+    assert not FADE(128).fold_compressors and not FADELite(32).fold_compressors
+    with pytest.raises(ValueError, match="fold_compressors"):
+        build_upsampler("fade", 8, fold_compressors="yes")
 
 
 @pytest.mark.parametrize("cls", [FADE, FADELite])
@@ -311,7 +311,7 @@ def test_gate_one_returns_en(cls):
     assert torch.equal(fade(en, de), en)
 
 
-@pytest.mark.parametrize("make", [lambda: FADE(3, fold_compress_en=True), lambda: FADE(3, fold_compress_en=False), lambda: FADELite(3)])
+@pytest.mark.parametrize("make", [lambda: FADE(3, fold_compressors=True), lambda: FADE(3, fold_compressors=False), lambda: FADELite(3)])
 def test_gradcheck(make):
     fade = _randomise(make().double())
     en, de = _pair(b=2, c=3, h=2, w=3, seed=4)
@@ -496,13 +496,14 @@ def test_custom_ops_report_through_add_macs():
 @pytest.mark.parametrize("fold", [True, False])
 def test_fade_macs(fold):
     c, b, h, w = 16, 2, 3, 4
-    fade = FADE(c, fold_compress_en=fold)
+    fade = FADE(c, fold_compressors=fold)
     macs = count_macs(fade, *_pair(b=b, c=c, h=h, w=w, dtype=torch.float32))
     hi, lo = b * 4 * h * w, b * h * w
     gate, de_branch = lo * c, lo * (c * 64 + 9 * 64 * 25)
     reassembly = hi * c * 25
     if fold:
         en_branch = hi * 9 * 25 * c + 4 * h * w * 25 * 3
+        de_branch = lo * 9 * 25 * c
     else:
         en_branch = hi * (c * 64 + 9 * 64 * 25)
         assert macs["compress_en"] == hi * c * 64

@@ -22,11 +22,13 @@ Two exact rewrites keep full-resolution use cheap (both are tested against the p
 
 - the decoder branch is added to the encoder branch through a broadcast view instead of materialising its
   nearest-upsampled copy;
-- when it needs fewer multiply-adds (FADE with C < ~60 for m = 64, K = 5), ``compress_en`` is folded into
-  ``kernel_conv``: both are linear, so ``kernel_conv(compress_en(en))`` is one 3x3 conv C -> K*K of ``en``
+- when it needs fewer multiply-adds (FADE with C < ~60 for m = 64, K = 5), the compressors are folded into
+  ``kernel_conv``: all are linear, so ``kernel_conv(compress_en(en))`` is one 3x3 conv C -> K*K of ``en``
   with weights ``W @ A``, plus the bias of ``compress_en`` seen through the zero-padded 3x3 window (which is
-  not constant on the border). The (B, m, sH, sW) embedding is then never stored, which is most of FADE's
-  memory at full resolution. Gradients reach ``compress_en`` and ``kernel_conv`` through the folded weights.
+  not constant on the border); likewise for ``compress_de`` (no bias, no border term). The m-channel
+  embeddings are then never stored, which is most of FADE's memory at full resolution. Gradients reach
+  ``compress_*`` and ``kernel_conv`` through the folded weights; :func:`~matting.utils.flops.count_macs`
+  charges the folded convolutions to FADE itself, not to those submodules.
 """
 
 from __future__ import annotations
@@ -70,6 +72,11 @@ def semi_shift_logits(
     return from_en + F.interpolate(from_de, scale_factor=scale, mode="nearest")
 
 
+def _fold(conv_weight: torch.Tensor, proj_weight: torch.Tensor) -> torch.Tensor:
+    """Weights of conv(proj(x)) as one conv: (O, m, k, k) and a 1x1 (m, C, 1, 1) -> (O, C, k, k)."""
+    return torch.einsum("omij,mc->ocij", conv_weight, proj_weight.flatten(1))
+
+
 def _valid_taps(n: int, like: torch.Tensor) -> torch.Tensor:
     """(3, n): entry [i, y] is 1 where tap i of a zero-padded 3-wide window centred at y is inside 0..n-1."""
     pos = torch.arange(n, device=like.device) + torch.arange(-1, 2, device=like.device)[:, None]
@@ -89,7 +96,7 @@ class _SemiShiftUpsampler(Upsampler):
         embedding_dim: int,
         depthwise: bool,
         reassembly: str,
-        fold_compress_en: bool | None = None,
+        fold_compressors: bool | None = None,
     ) -> None:
         super().__init__(in_channels, scale)
         name = type(self).__name__
@@ -101,19 +108,19 @@ class _SemiShiftUpsampler(Upsampler):
             raise UpsamplerConfigError(
                 f"{name}: reassembly must be one of {', '.join(IMPLEMENTATIONS)}, got {reassembly!r}"
             )
-        if fold_compress_en not in (None, True, False):
-            raise UpsamplerConfigError(f"{name}: fold_compress_en must be true, false or null, got {fold_compress_en!r}")
-        if fold_compress_en and depthwise:
-            raise UpsamplerConfigError(f"{name}: fold_compress_en is only implemented for a dense kernel_conv")
+        if fold_compressors not in (None, True, False):
+            raise UpsamplerConfigError(f"{name}: fold_compressors must be true, false or null, got {fold_compressors!r}")
+        if fold_compressors and depthwise:
+            raise UpsamplerConfigError(f"{name}: fold_compressors is only implemented for a dense kernel_conv")
         k2 = up_kernel_size * up_kernel_size
-        if fold_compress_en is None:
+        if fold_compressors is None:
             # MACs per output pixel of the encoder branch, folded (incl. the one-channel bias conv) vs not.
             folded = 9 * k2 * (in_channels + 1)
             plain = in_channels * embedding_dim + 9 * embedding_dim * k2 // (k2 if depthwise else 1)
-            fold_compress_en = not depthwise and folded < plain
+            fold_compressors = not depthwise and folded < plain
         self.up_kernel_size = up_kernel_size
         self.reassembly = reassembly
-        self.fold_compress_en = fold_compress_en
+        self.fold_compressors = fold_compressors
         self.gate = nn.Conv2d(in_channels, 1, kernel_size=1)
         self.compress_en = nn.Conv2d(in_channels, embedding_dim, kernel_size=1)
         self.compress_de = nn.Conv2d(in_channels, embedding_dim, kernel_size=1, bias=False)
@@ -130,7 +137,7 @@ class _SemiShiftUpsampler(Upsampler):
     def extra_repr(self) -> str:
         return (
             f"{super().extra_repr()}, up_kernel_size={self.up_kernel_size}, reassembly={self.reassembly!r}, "
-            f"fold_compress_en={self.fold_compress_en}"
+            f"fold_compressors={self.fold_compressors}"
         )
 
     def gate_map(self, de: torch.Tensor) -> torch.Tensor:
@@ -139,11 +146,15 @@ class _SemiShiftUpsampler(Upsampler):
 
     def kernel_logits(self, en: torch.Tensor, de: torch.Tensor) -> torch.Tensor:
         """(B, K*K, sH, sW) semi-shift logits, before softmax; equal to :func:`semi_shift_logits`."""
-        if self.fold_compress_en:
+        if self.fold_compressors:
             logits = self._folded_encoder_logits(en)
+            # compress_de has no bias, so its fold is exact with no border term.
+            weight = _fold(self.kernel_conv.weight, self.compress_de.weight)
+            from_de = conv2d_banded(de, weight, self.kernel_conv.bias)
+            add_macs(from_de.numel() * weight[0].numel())
         else:
             logits = self.kernel_conv(self.compress_en(en))
-        from_de = self.kernel_conv(self.compress_de(de))
+            from_de = self.kernel_conv(self.compress_de(de))
         # Nearest upsampling by broadcasting over phase views: no full-resolution copy of the decoder branch.
         # (Out of place: an in-place add on a view would make autograd copy the whole gradient back.)
         b, k2, h, w = from_de.shape
@@ -154,9 +165,9 @@ class _SemiShiftUpsampler(Upsampler):
     def _folded_encoder_logits(self, en: torch.Tensor) -> torch.Tensor:
         """kernel_conv(compress_en(en)) as one 3x3 conv of ``en``; see the module docstring."""
         conv_w, conv_b = self.kernel_conv.weight, self.kernel_conv.bias  # (K2, m, 3, 3), (K2,)
-        proj_w, proj_b = self.compress_en.weight.flatten(1), self.compress_en.bias  # (m, C), (m,)
+        proj_b = self.compress_en.bias  # (m,)
         # Banded: at full resolution a plain conv backward holds two extra full-size oneDNN reorders.
-        logits = conv2d_banded(en, torch.einsum("omij,mc->ocij", conv_w, proj_w), conv_b)
+        logits = conv2d_banded(en, _fold(conv_w, self.compress_en.weight), conv_b)
         # The embedding's bias is zero-padded like the rest of the embedding, so on the border fewer of the
         # 3x3 taps see it. Its contribution, the same for every image of the batch, is
         #   sum_ij taps[o, i, j] * row_ok[i, y] * col_ok[j, x],
@@ -192,7 +203,7 @@ class FADE(_SemiShiftUpsampler):
         embedding_dim: width m of the compressed features (64).
         reassembly: ``"lean"`` (default) or ``"reference"`` (the official unfold formulation; same result,
             about 25x the output in extra memory; for tests and benchmarks).
-        fold_compress_en: fold ``compress_en`` into ``kernel_conv`` (an exact rewrite, see the module
+        fold_compressors: fold ``compress_en`` into ``kernel_conv`` (an exact rewrite, see the module
             docstring); None (default) folds when that needs fewer multiply-adds.
     """
 
@@ -203,10 +214,10 @@ class FADE(_SemiShiftUpsampler):
         up_kernel_size: int = 5,
         embedding_dim: int = 64,
         reassembly: str = "lean",
-        fold_compress_en: bool | None = None,
+        fold_compressors: bool | None = None,
     ) -> None:
         super().__init__(
-            in_channels, scale, up_kernel_size, embedding_dim, False, reassembly, fold_compress_en=fold_compress_en
+            in_channels, scale, up_kernel_size, embedding_dim, False, reassembly, fold_compressors=fold_compressors
         )
 
 
