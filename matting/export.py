@@ -16,8 +16,8 @@ torch 2.14 it takes seconds and keeps batch, height and width dynamic. ``--expor
 torch.export-based exporter (onnxscript, opset 18) instead: height and width dynamic, batch fixed to 1, and
 about a minute even for a tiny network (symbolic-shape reasoning). Both are offline. TorchScript is
 ``torch.jit.trace`` of the same module (deprecated upstream, still loadable from C++ without Python).
-FADE's reassembly is exported with its plain-op ``reference`` formulation (the default ``lean`` one is a
-custom op that ONNX runtimes do not have); it computes the same values with more memory at high resolution.
+FADE is exported with its plain-op formulations (``reassembly="reference"``, unfolded compressors) instead of
+the memory-lean custom ops that ONNX runtimes do not have: same values, more memory at high resolution.
 After writing, the export is run once on a small input and compared with PyTorch (``--no-verify`` skips it).
 """
 
@@ -63,12 +63,20 @@ class MattingExport(nn.Module):
         return torch.where(trimap == 255, torch.ones_like(alpha), alpha)
 
 
+# Upsampler switches that select a memory-lean custom op (``torch.library``) over an equivalent formulation in
+# plain tensor ops. ONNX runtimes and TorchScript without this package know only the plain ops, so exported
+# copies use those: same values, more memory at high resolution.
+_PLAIN_OP_SETTINGS = {"reassembly": ("lean", "reference"), "fold_compressors": (True, False),
+                      "fold_compress_en": (True, False)}
+
+
 def _exportable(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` whose FADE layers use the plain-op reassembly (no custom op in the graph)."""
+    """A copy of ``model`` whose upsamplers use plain tensor ops only (no ``matting::`` custom op in the graph)."""
     model = copy.deepcopy(model)
     for m in model.modules():
-        if getattr(m, "reassembly", None) == "lean":
-            m.reassembly = "reference"
+        for attr, (lean, plain) in _PLAIN_OP_SETTINGS.items():
+            if getattr(m, attr, None) == lean:
+                setattr(m, attr, plain)
     return model
 
 

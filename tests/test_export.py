@@ -77,11 +77,13 @@ def test_onnx_batch_is_dynamic(exported):
     np.testing.assert_allclose(got[1, 0], matter.predict(b, tb), atol=3e-5, rtol=0)
 
 
-def test_onnx_records_the_output_stride(exported):
+def test_onnx_records_the_output_stride_and_uses_standard_ops(exported):
     import onnx
 
-    meta = {p.key: p.value for p in onnx.load(str(exported[1]["onnx"])).metadata_props}
-    assert meta["output_stride"] == "32"
+    proto = onnx.load(str(exported[1]["onnx"]))
+    assert {p.key: p.value for p in proto.metadata_props}["output_stride"] == "32"
+    # Standard operators only: no custom op of this package leaked into the graph.
+    assert {n.domain for n in proto.graph.node} <= {"", "ai.onnx"}
 
 
 def test_cli_exports_next_to_the_checkpoint_and_verifies(checkpoint, capsys):
