@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from matting.upsamplers import reassembly
+from matting.upsamplers import banded, reassembly
 from matting.upsamplers.reassembly import carafe, gated_carafe
 from matting.utils.flops import count_macs
 
@@ -108,7 +108,8 @@ def test_gated_lean_gradcheck_and_exact_ends():
     assert torch.autograd.gradcheck(lambda f, k, sk, g: gated_carafe(f, k, 3, 2, sk, g), inputs)
     assert torch.autograd.gradcheck(lambda f, k, sk, g: gated_carafe(f, k, 3, 2, sk, g, softmax=True), inputs)
     assert torch.equal(gated_carafe(features, kernels, 3, 2, skip, torch.ones_like(gate)), skip)
-    assert torch.equal(gated_carafe(features, kernels, 3, 2, skip, torch.zeros_like(gate)), carafe(features, kernels, 3, 2))
+    reassembled = carafe(features, kernels, 3, 2)
+    assert torch.equal(gated_carafe(features, kernels, 3, 2, skip, torch.zeros_like(gate)), reassembled)
 
 
 def test_gated_shape_errors():
@@ -208,6 +209,38 @@ def test_inside_torch_compile():
     torch.testing.assert_close(out, expected, rtol=0, atol=1e-12)
     torch.testing.assert_close(f1.grad, f2.grad, rtol=0, atol=1e-12)
     torch.testing.assert_close(k1.grad, k2.grad, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("gated", [False, True])
+def test_custom_ops_pass_opcheck(gated):
+    # Schema, fake (meta) kernels including output strides, autograd registration, AOT dispatch.
+    features, kernels = _random_inputs(2, 3, 3, 5, 5, 2)
+    skip = torch.randn(2, 3, 6, 10, dtype=torch.float64) if gated else None
+    gate = torch.rand(2, 1, 6, 10, dtype=torch.float64) if gated else None
+    args = [t.requires_grad_() if t is not None else None for t in (features, kernels)] + [5, 2]
+    args += [t.requires_grad_() if t is not None else None for t in (skip, gate)] + [gated]
+    torch.library.opcheck(reassembly._carafe_lean_op, tuple(args))
+    grad = torch.randn(2, 3, 6, 10, dtype=torch.float64)
+    detached = [t.detach() if t is not None else None for t in (features, kernels, skip, gate)]
+    backward_args = (grad, *detached[:2], 5, 2, *detached[2:], gated, [True, True, gated, gated])
+    torch.library.opcheck(reassembly._carafe_lean_backward_op, backward_args)
+
+
+def test_banded_conv_equals_conv2d(monkeypatch):
+    x = torch.randn(2, 3, 7, 5, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(4, 3, 3, 3, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(4, dtype=torch.float64, requires_grad=True)
+    expected = F.conv2d(x, weight, bias, padding=1)
+    grads = torch.autograd.grad(expected.sin().sum(), (x, weight, bias))
+    for band_bytes in (banded._BAND_BYTES, 1):  # one output row per band: every band has halo rows
+        monkeypatch.setattr(banded, "_BAND_BYTES", band_bytes)
+        out = banded.conv2d_banded(x, weight, bias)
+        torch.testing.assert_close(out, expected, rtol=0, atol=1e-12)
+        for got, want in zip(torch.autograd.grad(out.sin().sum(), (x, weight, bias)), grads):
+            torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+    torch.library.opcheck(banded._conv2d_banded_op, (x, weight, bias))
+    grad = torch.randn_like(expected)
+    torch.library.opcheck(banded._conv2d_banded_backward_op, (grad, x.detach(), weight.detach(), True, True))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

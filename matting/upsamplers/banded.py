@@ -38,7 +38,9 @@ def conv2d_banded(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     """``F.conv2d(x, weight, bias, padding=k // 2)`` for odd square k, groups 1; shapes as in F.conv2d."""
     k = weight.shape[-1]
     if weight.shape[-2] != k or k % 2 == 0 or weight.shape[1] != x.shape[1]:
-        raise ValueError(f"conv2d_banded: need an odd square dense kernel, got weight {tuple(weight.shape)} for x {tuple(x.shape)}")
+        raise ValueError(
+            f"conv2d_banded: need an odd square dense kernel, got weight {tuple(weight.shape)} for x {tuple(x.shape)}"
+        )
     return _conv2d_banded_op(x.contiguous(), weight, bias)
 
 

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .reassembly import IMPLEMENTATIONS, carafe
-from .registry import Upsampler, UpsamplerConfigError, register_upsampler
+from .registry import Upsampler, check_choice, check_int, register_upsampler
 
 __all__ = ["CARAFE"]
 
@@ -36,13 +36,10 @@ class CARAFE(Upsampler):
         reassembly: str = "lean",
     ) -> None:
         super().__init__(channels, scale)
-        for key, value in (("up_kernel_size", up_kernel_size), ("encoder_kernel_size", encoder_kernel_size)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1 or value % 2 == 0:
-                raise UpsamplerConfigError(f"carafe: {key} must be a positive odd int, got {value!r}")
-        if isinstance(compressed_channels, bool) or not isinstance(compressed_channels, int) or compressed_channels < 1:
-            raise UpsamplerConfigError(f"carafe: compressed_channels must be a positive int, got {compressed_channels!r}")
-        if reassembly not in IMPLEMENTATIONS:
-            raise UpsamplerConfigError(f"carafe: reassembly must be one of {', '.join(IMPLEMENTATIONS)}, got {reassembly!r}")
+        check_int("carafe", "up_kernel_size", up_kernel_size, odd=True)
+        check_int("carafe", "encoder_kernel_size", encoder_kernel_size, odd=True)
+        check_int("carafe", "compressed_channels", compressed_channels)
+        check_choice("carafe", "reassembly", reassembly, IMPLEMENTATIONS)
         self.up_kernel_size = up_kernel_size
         self.reassembly = reassembly
         self.channel_compressor = nn.Conv2d(channels, compressed_channels, 1)

@@ -19,15 +19,9 @@ from torch import nn
 from matting.utils.flops import add_macs
 
 from .reassembly import IMPLEMENTATIONS, carafe
-from .registry import Upsampler, UpsamplerConfigError, register_upsampler
+from .registry import Upsampler, UpsamplerConfigError, check_choice, check_int, register_upsampler
 
 __all__ = ["A2U", "IndexNetUpsampler"]
-
-
-def _positive_int(owner: str, key: str, value, odd: bool = False) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1 or (odd and value % 2 == 0):
-        kind = "a positive odd int" if odd else "a positive int"
-        raise UpsamplerConfigError(f"{owner}: {key} must be {kind}, got {value!r}")
 
 
 @register_upsampler("a2u")
@@ -66,12 +60,11 @@ class A2U(Upsampler):
         super().__init__(channels, scale)
         if scale != 2:
             raise UpsamplerConfigError(f"a2u: only scale 2 is supported, got {scale!r}")
-        _positive_int("a2u", "up_kernel_size", up_kernel_size, odd=True)
-        _positive_int("a2u", "encoder_kernel_size", encoder_kernel_size)
-        _positive_int("a2u", "rank", rank)
-        _positive_int("a2u", "norm_groups", norm_groups)
-        if reassembly not in IMPLEMENTATIONS:
-            raise UpsamplerConfigError(f"a2u: reassembly must be one of {', '.join(IMPLEMENTATIONS)}, got {reassembly!r}")
+        check_int("a2u", "up_kernel_size", up_kernel_size, odd=True)
+        check_int("a2u", "encoder_kernel_size", encoder_kernel_size)
+        check_int("a2u", "rank", rank)
+        check_int("a2u", "norm_groups", norm_groups)
+        check_choice("a2u", "reassembly", reassembly, IMPLEMENTATIONS)
         self.up_kernel_size = up_kernel_size
         self.encoder_kernel_size = encoder_kernel_size
         self.rank = rank
@@ -144,8 +137,7 @@ class IndexNetUpsampler(Upsampler):
         self, channels: int, scale: int = 2, mode: str = "m2o", nonlinear: bool = True, context: bool = True
     ) -> None:
         super().__init__(channels, scale)
-        if mode not in ("holistic", "o2o", "m2o"):
-            raise UpsamplerConfigError(f"indexnet: mode must be one of holistic, o2o, m2o, got {mode!r}")
+        check_choice("indexnet", "mode", mode, ("holistic", "o2o", "m2o"))
         self.mode = mode
         c, s = channels, scale
         kernel, padding = (2 * s, (s + 1) // 2) if context else (s, 0)

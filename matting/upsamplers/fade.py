@@ -22,7 +22,7 @@ Two exact rewrites keep full-resolution use cheap (both are tested against the p
 
 - the decoder branch is added to the encoder branch through a broadcast view instead of materialising its
   nearest-upsampled copy;
-- when it needs fewer multiply-adds (FADE with C < ~60 for m = 64, K = 5), the compressors are folded into
+- when it needs fewer multiply-adds (FADE with C < 90 for m = 64, K = 5), the compressors are folded into
   ``kernel_conv``: all are linear, so ``kernel_conv(compress_en(en))`` is one 3x3 conv C -> K*K of ``en``
   with weights ``W @ A``, plus the bias of ``compress_en`` seen through the zero-padded 3x3 window (which is
   not constant on the border); likewise for ``compress_de`` (no bias, no border term). The m-channel
@@ -44,7 +44,7 @@ from matting.utils.flops import add_macs
 
 from .banded import conv2d_banded
 from .reassembly import IMPLEMENTATIONS, gated_carafe
-from .registry import Upsampler, UpsamplerConfigError, register_upsampler
+from .registry import Upsampler, UpsamplerConfigError, check_choice, check_int, register_upsampler
 
 __all__ = ["FADE", "FADELite", "semi_shift_logits", "convert_official_fade_state_dict"]
 
@@ -100,23 +100,17 @@ class _SemiShiftUpsampler(Upsampler):
     ) -> None:
         super().__init__(in_channels, scale)
         name = type(self).__name__
-        if isinstance(up_kernel_size, bool) or not isinstance(up_kernel_size, int) or up_kernel_size < 1 or up_kernel_size % 2 == 0:
-            raise UpsamplerConfigError(f"{name}: up_kernel_size must be a positive odd int, got {up_kernel_size!r}")
-        if isinstance(embedding_dim, bool) or not isinstance(embedding_dim, int) or embedding_dim < 1:
-            raise UpsamplerConfigError(f"{name}: embedding_dim must be a positive int, got {embedding_dim!r}")
-        if reassembly not in IMPLEMENTATIONS:
-            raise UpsamplerConfigError(
-                f"{name}: reassembly must be one of {', '.join(IMPLEMENTATIONS)}, got {reassembly!r}"
-            )
-        if fold_compressors not in (None, True, False):
-            raise UpsamplerConfigError(f"{name}: fold_compressors must be true, false or null, got {fold_compressors!r}")
+        check_int(name, "up_kernel_size", up_kernel_size, odd=True)
+        check_int(name, "embedding_dim", embedding_dim)
+        check_choice(name, "reassembly", reassembly, IMPLEMENTATIONS)
+        check_choice(name, "fold_compressors", fold_compressors, (None, True, False))
         if fold_compressors and depthwise:
             raise UpsamplerConfigError(f"{name}: fold_compressors is only implemented for a dense kernel_conv")
         k2 = up_kernel_size * up_kernel_size
         if fold_compressors is None:
-            # MACs per output pixel of the encoder branch, folded (incl. the one-channel bias conv) vs not.
-            folded = 9 * k2 * (in_channels + 1)
-            plain = in_channels * embedding_dim + 9 * embedding_dim * k2 // (k2 if depthwise else 1)
+            # Multiply-adds per pixel of either branch, folded or not (the border term is negligible).
+            folded = 9 * k2 * in_channels
+            plain = in_channels * embedding_dim + 9 * embedding_dim * k2
             fold_compressors = not depthwise and folded < plain
         self.up_kernel_size = up_kernel_size
         self.reassembly = reassembly
@@ -203,8 +197,8 @@ class FADE(_SemiShiftUpsampler):
         embedding_dim: width m of the compressed features (64).
         reassembly: ``"lean"`` (default) or ``"reference"`` (the official unfold formulation; same result,
             about 25x the output in extra memory; for tests and benchmarks).
-        fold_compressors: fold ``compress_en`` into ``kernel_conv`` (an exact rewrite, see the module
-            docstring); None (default) folds when that needs fewer multiply-adds.
+        fold_compressors: fold ``compress_en`` and ``compress_de`` into ``kernel_conv`` (an exact rewrite, see
+            the module docstring); None (default) folds when that needs fewer multiply-adds (C < 90).
     """
 
     def __init__(

@@ -24,6 +24,8 @@ import torch.nn.functional as F
 
 from matting.utils.flops import add_macs
 
+from .registry import check_choice, check_int
+
 __all__ = ["carafe", "gated_carafe", "carafe_reference", "check_carafe_inputs", "IMPLEMENTATIONS"]
 
 IMPLEMENTATIONS = ("lean", "reference")
@@ -36,10 +38,8 @@ _BAND_BYTES = 8 << 20
 
 def check_carafe_inputs(features: torch.Tensor, kernels: torch.Tensor, kernel_size: int, scale: int) -> None:
     """Raises ValueError (naming the shapes) unless the arguments describe a valid reassembly."""
-    if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
-        raise ValueError(f"carafe: kernel_size must be a positive odd int, got {kernel_size!r}")
-    if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
-        raise ValueError(f"carafe: scale must be a positive int, got {scale!r}")
+    check_int("carafe", "kernel_size", kernel_size, odd=True)
+    check_int("carafe", "scale", scale)
     if features.dim() != 4 or kernels.dim() != 4:
         raise ValueError(
             f"carafe: features and kernels must be 4-D, got features {tuple(features.shape)} "
@@ -57,11 +57,6 @@ def check_carafe_inputs(features: torch.Tensor, kernels: torch.Tensor, kernel_si
             f"carafe: features ({features.dtype}, {features.device}) and kernels ({kernels.dtype}, "
             f"{kernels.device}) must share dtype and device"
         )
-
-
-def _check_impl(impl: str) -> None:
-    if impl not in IMPLEMENTATIONS:
-        raise ValueError(f"carafe: unknown impl {impl!r}; choose one of {', '.join(IMPLEMENTATIONS)}")
 
 
 def carafe(
@@ -88,7 +83,7 @@ def carafe(
         (B, C, s*H, s*W) tensor of ``features``' dtype.
     """
     check_carafe_inputs(features, kernels, kernel_size, scale)
-    _check_impl(impl)
+    check_choice("carafe", "impl", impl, IMPLEMENTATIONS)
     b, c, h, w = features.shape
     add_macs(b * c * h * w * scale * scale * kernel_size * kernel_size)
     if impl == "reference":
@@ -120,7 +115,7 @@ def gated_carafe(
         (B, C, s*H, s*W).
     """
     check_carafe_inputs(features, kernels, kernel_size, scale)
-    _check_impl(impl)
+    check_choice("gated_carafe", "impl", impl, IMPLEMENTATIONS)
     b, c, h, w = features.shape
     out_shape = (b, c, scale * h, scale * w)
     if tuple(skip.shape) != out_shape or gate.dim() != 4 or gate.shape[1] not in (1, c) or (
@@ -318,7 +313,8 @@ def _carafe_lean_backward_op(
                 grad_ker.sub_(dot).mul_(ker)
             grad_kernels[:, :, rows, cols] = grad_ker
     if need_features:
-        grad_features = grad_padded[:, :, r : r + h, r : r + w].to(features.dtype, copy=False)
+        # A dense copy, not a view into the padded buffer: the registered fake promises features' strides.
+        grad_features = torch.empty_like(features).copy_(grad_padded[:, :, r : r + h, r : r + w])
     else:
         grad_features = features.new_empty(0)
     return grad_features, grad_kernels, grad_skip, grad_gate

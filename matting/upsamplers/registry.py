@@ -19,6 +19,8 @@ from torch import nn
 from matting.errors import MattingError
 
 __all__ = [
+    "check_choice",
+    "check_int",
     "Upsampler",
     "UpsamplerConfigError",
     "UPSAMPLERS",
@@ -30,6 +32,19 @@ __all__ = [
 
 class UpsamplerConfigError(MattingError, ValueError):
     """A bad upsampler name or option. A ValueError for library callers, a one-line user error for the CLI."""
+
+
+def check_int(owner: str, key: str, value, minimum: int = 1, odd: bool = False) -> None:
+    """Raises UpsamplerConfigError unless ``value`` is an int >= ``minimum`` (and odd when ``odd``)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum or (odd and value % 2 == 0):
+        kind = f"an {'odd ' if odd else ''}int >= {minimum}"
+        raise UpsamplerConfigError(f"{owner}: {key} must be {kind}, got {value!r}")
+
+
+def check_choice(owner: str, key: str, value, choices) -> None:
+    """Raises UpsamplerConfigError unless ``value`` is one of ``choices``."""
+    if value not in choices:
+        raise UpsamplerConfigError(f"{owner}: {key} must be one of {', '.join(map(str, choices))}, got {value!r}")
 
 
 class Upsampler(nn.Module):
@@ -44,10 +59,8 @@ class Upsampler(nn.Module):
 
     def __init__(self, channels: int, scale: int = 2) -> None:
         super().__init__()
-        if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
-            raise UpsamplerConfigError(f"{type(self).__name__}: channels must be a positive int, got {channels!r}")
-        if isinstance(scale, bool) or not isinstance(scale, int) or scale < 2:
-            raise UpsamplerConfigError(f"{type(self).__name__}: scale must be an int >= 2, got {scale!r}")
+        check_int(type(self).__name__, "channels", channels)
+        check_int(type(self).__name__, "scale", scale, minimum=2)
         self.channels = channels
         self.scale = scale
 

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .registry import Upsampler, UpsamplerConfigError, register_upsampler
+from .registry import Upsampler, check_int, register_upsampler
 
 __all__ = ["NearestUpsampler", "BilinearUpsampler", "DeconvUpsampler", "PixelShuffleUpsampler"]
 
@@ -69,8 +69,7 @@ class PixelShuffleUpsampler(Upsampler):
 
     def __init__(self, channels: int, scale: int = 2, kernel_size: int = 3, icnr: bool = True) -> None:
         super().__init__(channels, scale)
-        if not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
-            raise UpsamplerConfigError(f"pixelshuffle: kernel_size must be a positive odd int, got {kernel_size!r}")
+        check_int("pixelshuffle", "kernel_size", kernel_size, odd=True)
         self.conv = nn.Conv2d(channels, channels * scale * scale, kernel_size, padding=kernel_size // 2)
         self.shuffle = nn.PixelShuffle(scale)
         if icnr:
