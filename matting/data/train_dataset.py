@@ -26,6 +26,7 @@ from torch.utils.data import Dataset
 
 from matting.data import io
 from matting.data.augment import AugmentConfig, CompositionAugment
+from matting.data.release import load_fg_alpha
 from matting.data.trimap import trimap_from_alpha_dt
 from matting.errors import MattingError
 
@@ -48,17 +49,6 @@ def _check_inputs(fg_paths: Sequence[Path], alpha_paths: Sequence[Path], bg_path
     if missing:
         more = f" ... and {len(missing) - _MAX_LISTED} more" if len(missing) > _MAX_LISTED else ""
         raise MattingError(f"{len(missing)} input files not found: {', '.join(missing[:_MAX_LISTED])}{more}")
-
-
-def read_fg_alpha(fg_path: str | os.PathLike, alpha_path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
-    """Reads a foreground and its alpha. Returns (fg (H, W, 3) uint8 RGB, alpha (H, W) uint8).
-
-    Raises MattingError naming both files when their sizes differ.
-    """
-    fg = io.read_rgb(fg_path)
-    alpha = io.read_gray(alpha_path)
-    io.check_same_size(fg_path, fg, alpha_path, alpha)
-    return fg, alpha
 
 
 def _chw(image: np.ndarray) -> torch.Tensor:
@@ -113,7 +103,7 @@ class CompositionDataset(Dataset):
         self._pairs: list[tuple[np.ndarray, np.ndarray]] | None = None
         self._bgs: list[np.ndarray] | None = None
         if cache:
-            self._pairs = [read_fg_alpha(f, a) for f, a in zip(self.fg_paths, self.alpha_paths)]
+            self._pairs = [load_fg_alpha(f, a) for f, a in zip(self.fg_paths, self.alpha_paths)]
             self._bgs = [io.read_rgb(p) for p in self.bg_paths]
 
     @classmethod
@@ -139,7 +129,7 @@ class CompositionDataset(Dataset):
     def _pair(self, f: int) -> tuple[np.ndarray, np.ndarray]:
         if self._pairs is not None:
             return self._pairs[f]
-        return read_fg_alpha(self.fg_paths[f], self.alpha_paths[f])
+        return load_fg_alpha(self.fg_paths[f], self.alpha_paths[f])
 
     def _bg(self, b: int) -> np.ndarray:
         return self._bgs[b] if self._bgs is not None else io.read_rgb(self.bg_paths[b])
@@ -276,7 +266,7 @@ class ValidationDataset(Dataset):
         if not 0 <= index < len(self):
             raise IndexError(f"item {index} out of range for {len(self)} validation composites")
         f, k = divmod(index, self.bgs_per_fg)
-        fg, alpha = read_fg_alpha(self.fg_paths[f], self.alpha_paths[f])
+        fg, alpha = load_fg_alpha(self.fg_paths[f], self.alpha_paths[f])
         h, w = alpha.shape
         if self.max_side is not None and max(h, w) > self.max_side:
             scale = self.max_side / max(h, w)
