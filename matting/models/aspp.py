@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from torch import Tensor, nn
 import torch
+from torch import Tensor, nn
 
 from .layers import LEAKY_SLOPE, ConvBNAct, init_new_conv
 
