@@ -86,9 +86,12 @@ def test_png_out_with_foreground_and_cutout(tmp_path, checkpoint):
     alpha = read_gray(out)
     fg = read_rgb(tmp_path / "res" / "matte_foreground.png")
     np.testing.assert_array_equal(fg, estimate_foreground(image, alpha))
-    # Where the matte is opaque the foreground is (up to the estimator's smoothing near edges) the image.
-    opaque = alpha == 255
-    assert (np.abs(fg[opaque].astype(int) - image[opaque]) <= 2).all(axis=1).mean() > 0.9
+    # Inside the trimap's definite foreground, away from the band the (random) model predicts, the matte is
+    # opaque and the estimated foreground is the image itself.
+    inner = np.zeros_like(trimap, dtype=bool)
+    inner[:, -8:] = True
+    assert (alpha[inner] == 255).all()
+    assert (np.abs(fg[inner].astype(int) - image[inner]) <= 2).all(axis=1).mean() > 0.9
     cut = cv2.imread(str(tmp_path / "res" / "matte_cutout.png"), cv2.IMREAD_UNCHANGED)
     assert cut.shape == (40, 50, 4)
     np.testing.assert_array_equal(cut[:, :, 3], alpha)
