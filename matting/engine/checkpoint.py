@@ -111,8 +111,9 @@ def model_from_checkpoint(
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuilds the network a checkpoint was trained with and loads its weights.
 
-    Returns ``(model in eval mode on device, the checkpoint's config dict)``. Pretrained weights are never
-    fetched here: the checkpoint already holds every weight.
+    Returns ``(model in eval mode on device, info)`` with ``info`` = ``{"config", "step", "epoch", "best"}`` of
+    the checkpoint (no weights or optimiser state). Pretrained weights are never fetched here: the checkpoint
+    already holds every weight.
     """
     ckpt = load_checkpoint(path, map_location="cpu")
     model = build_model_from_config(ckpt["config"]["model"], pretrained=None)
@@ -122,4 +123,5 @@ def model_from_checkpoint(
             f"{path}: weights do not match the network in its config "
             f"(missing {len(missing)} e.g. {missing[:2]}, unexpected {len(unexpected)} e.g. {unexpected[:2]})"
         )
-    return model.to(device).eval(), ckpt["config"]
+    info = {key: ckpt.get(key) for key in ("config", "step", "epoch", "best")}
+    return model.to(device).eval(), info

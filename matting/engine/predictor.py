@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
@@ -165,11 +164,11 @@ class Matter:
     ) -> "Matter":
         """Rebuilds the checkpoint's network (``model_from_checkpoint``) and wraps it. ``options`` go to __init__."""
         dev = resolve_device(device) if isinstance(device, str) else torch.device(device)
-        model, config = model_from_checkpoint(path, dev)
+        model, info = model_from_checkpoint(path, dev)
         matter = cls(model, dev, amp, **options)
         matter.checkpoint = str(path)
-        matter.config = config
-        matter.step = _checkpoint_step(path)
+        matter.config = info["config"]
+        matter.step = info["step"]
         return matter
 
     def _round_up(self, n: int) -> int:
@@ -257,13 +256,3 @@ class Matter:
             yield
         finally:
             self.model.train(was_training)
-
-
-def _checkpoint_step(path: str | os.PathLike) -> int | None:
-    """The ``step`` entry of a checkpoint, read without loading the weights (memory-mapped), or None."""
-    try:
-        ckpt = torch.load(Path(path), map_location="cpu", mmap=True, weights_only=False)
-    except Exception:  # noqa: BLE001 - provenance only; model_from_checkpoint already validated the file
-        return None
-    step = ckpt.get("step") if isinstance(ckpt, dict) else None
-    return int(step) if isinstance(step, (int, np.integer)) else None

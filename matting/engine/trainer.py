@@ -319,13 +319,15 @@ class Trainer:
     def _after_validation(self, summary: dict[str, Any]) -> None:
         means = summary["mean"]
         metric = self.cfg.train.best_metric
-        self.log.info(
-            "step %d %s: %s", self.state.step, self.val_desc,
-            "  ".join(f"{k.upper()} {means[k]:.4f}" for k in ("sad", "mse", "grad", "conn")),
-        )
-        self.board.scalars({f"val/{k}": means[k] for k in ("sad", "mse", "grad", "conn")}, self.state.step)
-        value = means[metric]
-        if value < self.state.best_value:
+        if summary.get("failed"):
+            self.log.warning("step %d: %d validation images failed: %s", self.state.step, summary["failed"],
+                             "; ".join(f"{f['name']}: {f['error']}" for f in summary["failures"][:3]))
+        scored = {k: means[k] for k in ("sad", "mse", "grad", "conn") if means.get(k) is not None}
+        self.log.info("step %d %s: %s", self.state.step, self.val_desc,
+                      "  ".join(f"{k.upper()} {v:.4f}" for k, v in scored.items()) or "nothing scored")
+        self.board.scalars({f"val/{k}": v for k, v in scored.items()}, self.state.step)
+        value = scored.get(metric)
+        if value is not None and value < self.state.best_value:
             self.state.best_value, self.state.best_step = value, self.state.step
             self.save("best.pth")
             self.log.info("new best validation %s %.4f at step %d -> best.pth", metric.upper(), value, self.state.step)
