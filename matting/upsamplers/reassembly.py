@@ -9,12 +9,13 @@ with r = K // 2; :func:`gated_carafe` also blends the result with a skip feature
 - ``"reference"``: the official pure-PyTorch formulation. It unfolds ``features`` into (B, C*K*K, H*W), copies
   that to all s*s output phases and contracts with the kernels, so it holds about s*s*K*K = 100 copies of the
   input (25x the output) at once, in forward and again in backward. Kept for tests and as a benchmark row.
-- ``"lean"`` (default): computes each output phase (the s*s pixels sharing one source pixel) as K*K in-place
-  multiply-adds of shifted views of the padded input, a band of rows at a time so that the accumulator stays
-  in cache, and blends each band with the skip feature before writing it out. Extra memory is of the order of
-  one band; the backward recomputes each band instead of saving the (B, C, sH, sW) reassembled tensor. It is a
-  ``torch.library`` custom op with its own backward (plain slicing ops would allocate a zero-filled gradient
-  of the whole input for every one of the s*s*K*K slices), so ``torch.compile`` sees one opaque node.
+- ``"lean"`` (default): works a band of input rows at a time; for all s*s output phases of the band at once
+  (the output pixels (s*y + py, s*x + px)), it accumulates K*K in-place multiply-adds of shifted views of the
+  padded input into a phase-major buffer that stays in cache, blends it with the skip feature and scatters it
+  to the output. Extra memory is of the order of one band; the backward recomputes each band instead of saving
+  the (B, C, sH, sW) reassembled tensor. It is a ``torch.library`` custom op with its own backward (plain
+  slicing ops would allocate a zero-filled gradient of the whole input for each of the s*s*K*K slices), so
+  ``torch.compile`` sees one opaque node.
 """
 
 from __future__ import annotations
@@ -30,9 +31,9 @@ __all__ = ["carafe", "gated_carafe", "carafe_reference", "check_carafe_inputs", 
 
 IMPLEMENTATIONS = ("lean", "reference")
 
-# Band size of the lean CPU path. A few MiB keeps the K*K read-modify-write passes over a band in cache (about
-# 1.5x faster than whole-phase passes at C=32, 1024^2 output) while keeping the op count low: on a shared
-# machine every multi-threaded op pays an OpenMP barrier, which smaller bands multiply.
+# Accumulator size of one band of the lean CPU path. A few MiB keeps the K*K read-modify-write passes over a
+# band in cache (faster than whole-image passes) and the band buffers small next to the output, while keeping
+# the op count low: on a shared machine every multi-threaded op pays an OpenMP barrier.
 _BAND_BYTES = 8 << 20
 
 
@@ -149,12 +150,13 @@ def carafe_reference(features: torch.Tensor, kernels: torch.Tensor, kernel_size:
 
 # --- the lean implementation ------------------------------------------------------------------------------
 #
-# Work is split into (row band, output phase) pieces: input rows [y0, y1) and the output pixels (s*y + py,
-# s*x + px) they feed. Per piece, the kernels (and skip, gate, output gradient) of that piece are gathered into
-# small dense buffers, the reassembly is accumulated densely in place (nothing is allocated per offset), and
-# the results are scattered back to the piece's strided positions. With ``softmax`` the op receives logits and
-# normalises each piece's kernels itself, so neither the normalised kernels nor their gradient ever exist as
-# full-size tensors.
+# Work is split into bands of input rows [y0, y1). A band feeds output rows [s*y0, s*y1), i.e. s*s output
+# phases (s*y + py, s*x + px). Per band, the kernels (and skip, gate, output gradient) are gathered
+# phase-major into small dense (B, s, s, ., n, W) buffers; the reassembly of all phases is accumulated in
+# place, one op per kernel offset (nothing is allocated per offset), and the result is scattered back. With
+# ``softmax`` the op receives logits and normalises each band's kernels itself, so neither the normalised
+# kernels nor their gradient ever exist as full-size tensors. Few, large ops matter on CPU: each op pays an
+# OpenMP barrier, which stalls whenever another process holds a core.
 
 
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -162,60 +164,59 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
-def _band_rows(t: torch.Tensor) -> int:
-    """Rows per band so that one (B, C, rows, W) band is about _BAND_BYTES (the whole phase on GPU)."""
-    b, c, h, w = t.shape
-    if t.device.type != "cpu":
+def _band_rows(features: torch.Tensor, scale: int) -> int:
+    """Input rows per band so that one (B, s, s, C, rows, W) accumulator is about _BAND_BYTES (all rows on GPU)."""
+    b, c, h, w = features.shape
+    if features.device.type != "cpu":
         return h
-    per_row = max(1, b * c * w * torch.finfo(_acc_dtype(t.dtype)).bits // 8)
+    per_row = max(1, b * scale * scale * c * w * torch.finfo(_acc_dtype(features.dtype)).bits // 8)
     return max(1, min(h, _BAND_BYTES // per_row))
 
 
-def _pieces(h: int, rows: int, scale: int):
-    """Yields (y0, y1, out_rows, out_cols): input rows and the (s*H, s*W)-slices of one band and phase."""
-    for y0 in range(0, h, rows):
-        y1 = min(h, y0 + rows)
-        for py in range(scale):
-            for px in range(scale):
-                yield y0, y1, slice(scale * y0 + py, scale * y1, scale), slice(px, None, scale)
-
-
-def _reassemble(acc, padded, ker, y0, y1, kernel_size) -> None:
-    """acc (B, C, n, W) = sum_k ker[:, k] * window_k of padded rows y0..y1 (acc is overwritten)."""
-    w = acc.shape[-1]
-    for k in range(kernel_size * kernel_size):
-        i, j = divmod(k, kernel_size)
-        window = padded[:, :, y0 + i : y1 + i, j : j + w]
-        if k == 0:
-            torch.mul(window, ker[:, k : k + 1], out=acc)
-        else:
-            acc.addcmul_(window, ker[:, k : k + 1])
-
-
-def _gather_kernels(buf, kernels, rows, cols, n, softmax: bool) -> torch.Tensor:
-    """The (B, K*K, n, W) kernels of one piece, normalised here when ``softmax`` (in the accumulation dtype)."""
-    k2 = kernels.shape[1]
-    if not softmax:
-        ker = buf("ker", k2, n, kernels.dtype)
-        ker.copy_(kernels[:, :, rows, cols])
-        return ker
-    ker = buf("ker", k2, n, _acc_dtype(kernels.dtype))
-    ker.copy_(kernels[:, :, rows, cols])
-    torch.softmax(ker, dim=1, out=ker)
-    return ker
+def _phases(t: torch.Tensor, y0: int, y1: int, scale: int) -> torch.Tensor:
+    """View of the output-resolution rows fed by input rows [y0, y1) of t (B, C, s*H, s*W), phase-major:
+    (B, s, s, C, n, W) with [:, py, px, :, y, x] = t[:, :, s*(y0 + y) + py, s*x + px]."""
+    b, c, _, ws = t.shape
+    n, w = y1 - y0, ws // scale
+    return t[:, :, scale * y0 : scale * y1].view(b, c, n, scale, w, scale).permute(0, 3, 5, 1, 2, 4)
 
 
 class _Buffers:
-    """Reusable band buffers, sliced to each band's height."""
+    """Band buffers reused across bands: (B, s, s, channels, rows, W), sliced to each band's height."""
 
-    def __init__(self, like: torch.Tensor, rows: int) -> None:
-        self.like, self.rows, self.cache = like, rows, {}
+    def __init__(self, features: torch.Tensor, scale: int) -> None:
+        self.features, self.scale, self.rows, self.cache = features, scale, _band_rows(features, scale), {}
 
-    def __call__(self, name: str, channels: int, n: int, dtype: torch.dtype) -> torch.Tensor:
+    def get(self, name: str, channels: int, n: int, dtype: torch.dtype, phases: bool = True) -> torch.Tensor:
         if name not in self.cache:
-            b, _, _, w = self.like.shape
-            self.cache[name] = self.like.new_empty(b, channels, self.rows, w, dtype=dtype)
-        return self.cache[name][:, :, :n]
+            b, _, _, w = self.features.shape
+            s = self.scale if phases else 1
+            self.cache[name] = self.features.new_empty(b, s, s, channels, self.rows, w, dtype=dtype)
+        return self.cache[name][..., :n, :]
+
+    def gather(self, name: str, t: torch.Tensor, y0: int, y1: int, dtype: torch.dtype) -> torch.Tensor:
+        buf = self.get(name, t.shape[1], y1 - y0, dtype)
+        buf.copy_(_phases(t, y0, y1, self.scale))
+        return buf
+
+
+def _kernels_of_band(buf: _Buffers, kernels, y0, y1, softmax: bool) -> torch.Tensor:
+    """(B, s, s, K*K, n, W) kernels of one band, normalised here when ``softmax`` (in float32 or wider)."""
+    if not softmax:
+        return buf.gather("ker", kernels, y0, y1, kernels.dtype)
+    return torch.softmax(buf.gather("ker", kernels, y0, y1, _acc_dtype(kernels.dtype)), dim=3)
+
+
+def _reassemble(acc, padded, ker, y0, y1, kernel_size) -> None:
+    """acc (B, s, s, C, n, W) = sum_k ker[:, :, :, k] * window_k, the rows y0..y1 of padded shifted by k."""
+    w = acc.shape[-1]
+    for k in range(kernel_size * kernel_size):
+        i, j = divmod(k, kernel_size)
+        window = padded[:, None, None, :, y0 + i : y1 + i, j : j + w]
+        if k == 0:
+            torch.mul(window, ker[:, :, :, k : k + 1], out=acc)
+        else:
+            acc.addcmul_(window, ker[:, :, :, k : k + 1])
 
 
 @torch.library.custom_op("matting::carafe_lean", mutates_args=())
@@ -229,22 +230,20 @@ def _carafe_lean_op(
     softmax: bool,
 ) -> torch.Tensor:
     b, c, h, w = features.shape
-    r, k2 = kernel_size // 2, kernel_size * kernel_size
+    r = kernel_size // 2
     acc_dtype = _acc_dtype(features.dtype)
     padded = F.pad(features, (r, r, r, r))
     out = features.new_empty(b, c, scale * h, scale * w)
-    buf = _Buffers(features, _band_rows(features))
-    for y0, y1, rows, cols in _pieces(h, buf.rows, scale):
-        n = y1 - y0
-        ker = _gather_kernels(buf, kernels, rows, cols, n, softmax)
-        acc = buf("acc", c, n, acc_dtype)
+    buf = _Buffers(features, scale)
+    for y0 in range(0, h, buf.rows):
+        y1 = min(h, y0 + buf.rows)
+        ker = _kernels_of_band(buf, kernels, y0, y1, softmax)
+        acc = buf.get("acc", c, y1 - y0, acc_dtype)
         _reassemble(acc, padded, ker, y0, y1, kernel_size)
         if skip is not None:
-            skip_band, gate_band = buf("skip", c, n, acc_dtype), buf("gate", gate.shape[1], n, acc_dtype)
-            skip_band.copy_(skip[:, :, rows, cols])
-            gate_band.copy_(gate[:, :, rows, cols])
-            torch.lerp(acc, skip_band, gate_band, out=acc)
-        out[:, :, rows, cols] = acc
+            skip_band = buf.gather("skip", skip, y0, y1, acc_dtype)
+            torch.lerp(acc, skip_band, buf.gather("gate", gate, y0, y1, acc_dtype), out=acc)
+        _phases(out, y0, y1, scale).copy_(acc)
     return out
 
 
@@ -276,42 +275,43 @@ def _carafe_lean_backward_op(
     grad_kernels = torch.empty_like(kernels) if need_kernels else kernels.new_empty(0)
     grad_skip = torch.empty_like(skip) if gated and need_skip else features.new_empty(0)
     grad_gate = torch.empty_like(gate) if gated and need_gate else features.new_empty(0)
-    buf = _Buffers(features, _band_rows(features))
-    for y0, y1, rows, cols in _pieces(h, buf.rows, scale):
+    buf = _Buffers(features, scale)
+    for y0 in range(0, h, buf.rows):
+        y1 = min(h, y0 + buf.rows)
         n = y1 - y0
-        ker = _gather_kernels(buf, kernels, rows, cols, n, softmax)
-        grad = buf("grad", c, n, acc_dtype)  # becomes the gradient of the reassembled band
-        grad.copy_(grad_out[:, :, rows, cols])
+        ker = _kernels_of_band(buf, kernels, y0, y1, softmax)
+        grad = buf.gather("grad", grad_out, y0, y1, acc_dtype)  # becomes the gradient of the reassembly
         if gated:
-            gate_band = buf("gate", gate.shape[1], n, acc_dtype)
-            gate_band.copy_(gate[:, :, rows, cols])
+            gate_band = buf.gather("gate", gate, y0, y1, acc_dtype)
             if need_skip:
-                grad_skip[:, :, rows, cols] = grad * gate_band
+                _phases(grad_skip, y0, y1, scale).copy_(grad * gate_band)
             if need_gate:
                 # d/dgate of lerp(up, skip, gate) = skip - up: recompute this band of up rather than store it.
-                diff = buf("acc", c, n, acc_dtype)
+                diff = buf.get("acc", c, n, acc_dtype)
                 _reassemble(diff, padded, ker, y0, y1, kernel_size)
-                skip_band = buf("skip", c, n, acc_dtype)
-                skip_band.copy_(skip[:, :, rows, cols])
-                torch.sub(skip_band, diff, out=diff)
-                diff.mul_(grad)
-                grad_gate[:, :, rows, cols] = diff.sum(dim=1, keepdim=True) if gate.shape[1] == 1 else diff
+                torch.sub(buf.gather("skip", skip, y0, y1, acc_dtype), diff, out=diff).mul_(grad)
+                grad_gate_band = diff.sum(dim=3, keepdim=True) if gate.shape[1] == 1 else diff
+                _phases(grad_gate, y0, y1, scale).copy_(grad_gate_band)
             grad.mul_(1 - gate_band)
+        prod = buf.get("prod", c, n, acc_dtype)
         if need_kernels:
-            grad_ker, prod = buf("grad_ker", k2, n, acc_dtype), buf("prod", c, n, acc_dtype)
+            grad_ker = buf.get("grad_ker", k2, n, acc_dtype)
+        if need_features:
+            summed = buf.get("summed", c, n, acc_dtype, phases=False)[:, 0, 0]
         for k in range(k2):
             i, j = divmod(k, kernel_size)
-            window = (slice(None), slice(None), slice(y0 + i, y1 + i), slice(j, j + w))
-            if need_features:  # transpose of the gather: scatter the gradient back through the window
-                grad_padded[window].addcmul_(grad, ker[:, k : k + 1])
-            if need_kernels:  # channel-wise dot product of gradient and window
-                torch.mul(grad, padded[window], out=prod)
-                torch.sum(prod, dim=1, out=grad_ker[:, k])
+            rows, cols = slice(y0 + i, y1 + i), slice(j, j + w)
+            if need_features:  # transpose of the gather: the phases' gradients scatter back through window k
+                torch.mul(grad, ker[:, :, :, k : k + 1], out=prod)
+                grad_padded[:, :, rows, cols].add_(torch.sum(prod, dim=(1, 2), out=summed))
+            if need_kernels:  # channel-wise dot product of gradient and window k
+                torch.mul(grad, padded[:, None, None, :, rows, cols], out=prod)
+                torch.sum(prod, dim=3, out=grad_ker[:, :, :, k])
         if need_kernels:
             if softmax:  # through the softmax: k * (g - sum_j k_j g_j)
-                dot = (grad_ker * ker).sum(dim=1, keepdim=True)
+                dot = (grad_ker * ker).sum(dim=3, keepdim=True)
                 grad_ker.sub_(dot).mul_(ker)
-            grad_kernels[:, :, rows, cols] = grad_ker
+            _phases(grad_kernels, y0, y1, scale).copy_(grad_ker)
     if need_features:
         # A dense copy, not a view into the padded buffer: the registered fake promises features' strides.
         grad_features = torch.empty_like(features).copy_(grad_padded[:, :, r : r + h, r : r + w])
