@@ -11,9 +11,10 @@ with r = K // 2; :func:`gated_carafe` also blends the result with a skip feature
   input (25x the output) at once, in forward and again in backward. Kept for tests and as a benchmark row.
 - ``"lean"`` (default): works a band of input rows at a time; for all s*s output phases of the band at once
   (the output pixels (s*y + py, s*x + px)), it accumulates K*K in-place multiply-adds of shifted views of the
-  padded input into a phase-major buffer that stays in cache, blends it with the skip feature and scatters it
-  to the output. Extra memory is of the order of one band; the backward recomputes each band instead of saving
-  the (B, C, sH, sW) reassembled tensor. It is a ``torch.library`` custom op with its own backward (plain
+  input (clipped at the border instead of padding a copy) into a phase-major buffer that stays in cache,
+  blends it with the skip feature and scatters it to the output. Extra memory is a few band buffers besides
+  the output and the gradients; the backward recomputes each band instead of saving the (B, C, sH, sW)
+  reassembled tensor. It is a ``torch.library`` custom op with its own backward (plain
   slicing ops would allocate a zero-filled gradient of the whole input for each of the s*s*K*K slices), so
   ``torch.compile`` sees one opaque node.
 """
@@ -204,19 +205,33 @@ def _kernels_of_band(buf: _Buffers, kernels, y0, y1, softmax: bool) -> torch.Ten
     """(B, s, s, K*K, n, W) kernels of one band, normalised here when ``softmax`` (in float32 or wider)."""
     if not softmax:
         return buf.gather("ker", kernels, y0, y1, kernels.dtype)
-    return torch.softmax(buf.gather("ker", kernels, y0, y1, _acc_dtype(kernels.dtype)), dim=3)
+    logits = buf.gather("logits", kernels, y0, y1, _acc_dtype(kernels.dtype))
+    return torch.softmax(logits, dim=3, out=buf.get("ker", kernels.shape[1], y1 - y0, logits.dtype))
 
 
-def _reassemble(acc, padded, ker, y0, y1, kernel_size) -> None:
-    """acc (B, s, s, C, n, W) = sum_k ker[:, :, :, k] * window_k, the rows y0..y1 of padded shifted by k."""
-    w = acc.shape[-1]
-    for k in range(kernel_size * kernel_size):
-        i, j = divmod(k, kernel_size)
-        window = padded[:, None, None, :, y0 + i : y1 + i, j : j + w]
-        if k == 0:
+def _offsets(kernel_size: int, y0: int, y1: int, h: int, w: int):
+    """Yields (k, band, source) per kernel offset k, the centre first: ``band`` indexes the (rows, cols) of a
+    band buffer whose source pixel is inside the image (the rest reads zero padding and is skipped), and
+    ``source`` the matching (rows, cols) of the (H, W) feature. No padded copy of the feature is needed."""
+    r = kernel_size // 2
+    centre = kernel_size * kernel_size // 2
+    for k in [centre] + [k for k in range(kernel_size * kernel_size) if k != centre]:
+        di, dj = k // kernel_size - r, k % kernel_size - r
+        ya, yb, xa, xb = max(y0, -di), min(y1, h - di), max(0, -dj), min(w, w - dj)
+        if ya < yb and xa < xb:
+            band = (slice(ya - y0, yb - y0), slice(xa, xb))
+            yield k, band, (slice(ya + di, yb + di), slice(xa + dj, xb + dj))
+
+
+def _reassemble(acc, features, ker, y0, y1, kernel_size) -> None:
+    """acc (B, s, s, C, n, W) = sum_k ker[:, :, :, k] * (features rows y0..y1 shifted by offset k)."""
+    h, w = features.shape[-2:]
+    for k, (rows, cols), (src_rows, src_cols) in _offsets(kernel_size, y0, y1, h, w):
+        window = features[:, None, None, :, src_rows, src_cols]
+        if k == kernel_size * kernel_size // 2:  # the centre offset is never clipped: it initialises acc
             torch.mul(window, ker[:, :, :, k : k + 1], out=acc)
         else:
-            acc.addcmul_(window, ker[:, :, :, k : k + 1])
+            acc[..., rows, cols].addcmul_(window, ker[:, :, :, k : k + 1, rows, cols])
 
 
 @torch.library.custom_op("matting::carafe_lean", mutates_args=())
@@ -230,16 +245,14 @@ def _carafe_lean_op(
     softmax: bool,
 ) -> torch.Tensor:
     b, c, h, w = features.shape
-    r = kernel_size // 2
     acc_dtype = _acc_dtype(features.dtype)
-    padded = F.pad(features, (r, r, r, r))
     out = features.new_empty(b, c, scale * h, scale * w)
     buf = _Buffers(features, scale)
     for y0 in range(0, h, buf.rows):
         y1 = min(h, y0 + buf.rows)
         ker = _kernels_of_band(buf, kernels, y0, y1, softmax)
         acc = buf.get("acc", c, y1 - y0, acc_dtype)
-        _reassemble(acc, padded, ker, y0, y1, kernel_size)
+        _reassemble(acc, features, ker, y0, y1, kernel_size)
         if skip is not None:
             skip_band = buf.gather("skip", skip, y0, y1, acc_dtype)
             torch.lerp(acc, skip_band, buf.gather("gate", gate, y0, y1, acc_dtype), out=acc)
@@ -266,12 +279,12 @@ def _carafe_lean_backward_op(
     needs: list[bool],
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     b, c, h, w = features.shape
-    r, k2 = kernel_size // 2, kernel_size * kernel_size
+    k2 = kernel_size * kernel_size
     acc_dtype = _acc_dtype(features.dtype)
     need_features, need_kernels, need_skip, need_gate = needs
     gated = skip is not None
-    padded = F.pad(features, (r, r, r, r))
-    grad_padded = features.new_zeros(b, c, h + 2 * r, w + 2 * r, dtype=acc_dtype) if need_features else None
+    # Accumulated in place; for float32/float64 this is the returned gradient itself.
+    grad_acc = features.new_zeros(features.shape, dtype=acc_dtype) if need_features else None
     grad_kernels = torch.empty_like(kernels) if need_kernels else kernels.new_empty(0)
     grad_skip = torch.empty_like(skip) if gated and need_skip else features.new_empty(0)
     grad_gate = torch.empty_like(gate) if gated and need_gate else features.new_empty(0)
@@ -281,40 +294,38 @@ def _carafe_lean_backward_op(
         n = y1 - y0
         ker = _kernels_of_band(buf, kernels, y0, y1, softmax)
         grad = buf.gather("grad", grad_out, y0, y1, acc_dtype)  # becomes the gradient of the reassembly
+        prod = buf.get("prod", c, n, acc_dtype)
         if gated:
             gate_band = buf.gather("gate", gate, y0, y1, acc_dtype)
             if need_skip:
-                _phases(grad_skip, y0, y1, scale).copy_(grad * gate_band)
+                _phases(grad_skip, y0, y1, scale).copy_(torch.mul(grad, gate_band, out=prod))
             if need_gate:
                 # d/dgate of lerp(up, skip, gate) = skip - up: recompute this band of up rather than store it.
                 diff = buf.get("acc", c, n, acc_dtype)
-                _reassemble(diff, padded, ker, y0, y1, kernel_size)
+                _reassemble(diff, features, ker, y0, y1, kernel_size)
                 torch.sub(buf.gather("skip", skip, y0, y1, acc_dtype), diff, out=diff).mul_(grad)
                 grad_gate_band = diff.sum(dim=3, keepdim=True) if gate.shape[1] == 1 else diff
                 _phases(grad_gate, y0, y1, scale).copy_(grad_gate_band)
             grad.mul_(1 - gate_band)
-        prod = buf.get("prod", c, n, acc_dtype)
         if need_kernels:
-            grad_ker = buf.get("grad_ker", k2, n, acc_dtype)
+            grad_ker = buf.get("grad_ker", k2, n, acc_dtype).zero_()  # clipped offsets leave zeros
         if need_features:
             summed = buf.get("summed", c, n, acc_dtype, phases=False)[:, 0, 0]
-        for k in range(k2):
-            i, j = divmod(k, kernel_size)
-            rows, cols = slice(y0 + i, y1 + i), slice(j, j + w)
-            if need_features:  # transpose of the gather: the phases' gradients scatter back through window k
-                torch.mul(grad, ker[:, :, :, k : k + 1], out=prod)
-                grad_padded[:, :, rows, cols].add_(torch.sum(prod, dim=(1, 2), out=summed))
-            if need_kernels:  # channel-wise dot product of gradient and window k
-                torch.mul(grad, padded[:, None, None, :, rows, cols], out=prod)
-                torch.sum(prod, dim=3, out=grad_ker[:, :, :, k])
+        for k, (rows, cols), (src_rows, src_cols) in _offsets(kernel_size, y0, y1, h, w):
+            g, p = grad[..., rows, cols], prod[..., rows, cols]
+            if need_features:  # transpose of the gather: the phases' gradients flow back through offset k
+                torch.mul(g, ker[:, :, :, k : k + 1, rows, cols], out=p)
+                grad_acc[:, :, src_rows, src_cols].add_(torch.sum(p, dim=(1, 2), out=summed[..., rows, cols]))
+            if need_kernels:  # channel-wise dot product of gradient and window
+                torch.mul(g, features[:, None, None, :, src_rows, src_cols], out=p)
+                torch.sum(p, dim=3, out=grad_ker[:, :, :, k, rows, cols])
         if need_kernels:
             if softmax:  # through the softmax: k * (g - sum_j k_j g_j)
-                dot = (grad_ker * ker).sum(dim=3, keepdim=True)
+                dot = torch.mul(grad_ker, ker, out=buf.get("logits", k2, n, acc_dtype)).sum(dim=3, keepdim=True)
                 grad_ker.sub_(dot).mul_(ker)
             _phases(grad_kernels, y0, y1, scale).copy_(grad_ker)
     if need_features:
-        # A dense copy, not a view into the padded buffer: the registered fake promises features' strides.
-        grad_features = torch.empty_like(features).copy_(grad_padded[:, :, r : r + h, r : r + w])
+        grad_features = grad_acc if grad_acc.dtype == features.dtype else grad_acc.to(features.dtype)
     else:
         grad_features = features.new_empty(0)
     return grad_features, grad_kernels, grad_skip, grad_gate
