@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from matting.data.io import read_gray, read_rgb, read_trimap, write_png
+from matting.data.io import read_gray, read_rgb, write_png
 from matting.engine.checkpoint import atomic_torch_save
 from matting.engine.predictor import Matter
 from matting.infer import estimate_foreground, main

@@ -692,7 +692,7 @@ def test_several_header_problems_reported_together(tmp_path):
 
 
 def test_trimap_without_unknown_warns_and_gives_nan_mse(tmp_path):
-    truth = _dataset(tmp_path, n_fg=1, n_k=2)
+    _dataset(tmp_path, n_fg=1, n_k=2)
     pred_dir, alpha_dir, trimap_dir = _dirs(tmp_path)
     write_png(trimap_dir / "fg0_1.png", np.full((30, 41), 127, np.uint8))
     with pytest.warns(NoUnknownPixelsWarning, match=r"fg0_1\.png: no unknown \(128\) pixel"):

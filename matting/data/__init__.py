@@ -14,3 +14,16 @@ from matting.data.release import (
     split_validation,
     verify_training_release,
 )
+
+__all__ = [
+    "TestDataset",
+    "TestRecord",
+    "TrainingRelease",
+    "load_fg_alpha",
+    "load_test_item",
+    "read_test_folder",
+    "read_training_release",
+    "resolve_test_source",
+    "split_validation",
+    "verify_training_release",
+]
