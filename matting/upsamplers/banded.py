@@ -19,7 +19,7 @@ _BAND_BYTES = 8 << 20
 
 def _band_rows(x: torch.Tensor, out_channels: int) -> int:
     b, c, h, w = x.shape
-    if x.device.type != "cpu":
+    if x.device.type != "cpu":  # the oneDNN reorders that banding avoids are a CPU matter
         return h
     per_row = max(1, b * (c + out_channels) * w * x.element_size())
     return max(1, min(h, _BAND_BYTES // per_row))
