@@ -31,7 +31,7 @@ from torch import nn
 
 from matting.data.io import normalize_trimap
 from matting.engine.checkpoint import model_from_checkpoint, unwrap
-from matting.engine.runtime import resolve_device
+from matting.engine.runtime import fast_cpu_math, resolve_device
 from matting.errors import MattingError
 
 __all__ = ["AMP_MODES", "Matter", "as_rgb_uint8", "pad_to_multiple", "to_uint8_alpha"]
@@ -139,6 +139,7 @@ class Matter:
     ) -> None:
         if amp not in AMP_MODES:
             raise MattingError(f"amp '{amp}' is not one of {', '.join(AMP_MODES)}")
+        fast_cpu_math()
         self.device = resolve_device(device) if isinstance(device, str) else torch.device(device)
         self.model = unwrap(model).to(self.device)
         self.amp = amp

@@ -25,6 +25,16 @@ def resolve_device(name: str = "auto") -> torch.device:
         raise MattingError(f"device '{name}' is not a valid torch device (use auto, cpu, cuda or cuda:N)") from None
 
 
+def fast_cpu_math() -> None:
+    """Flushes denormal floats to zero on CPU.
+
+    Softmax kernels (FADE, CARAFE) and decaying gradients produce values below 1e-38; x86 CPUs process those
+    up to ~100x slower, which made a CPU training step of the demo network take 20 s instead of 0.4 s. The
+    values lost are below float32's normal range, far below anything a matte can show.
+    """
+    torch.set_flush_denormal(True)
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)

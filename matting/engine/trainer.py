@@ -35,7 +35,7 @@ from matting.engine.checkpoint import (
     unwrap,
 )
 from matting.engine.logger import Board, text_logger
-from matting.engine.runtime import DistInfo, init_distributed, resolve_device, seed_everything
+from matting.engine.runtime import DistInfo, fast_cpu_math, init_distributed, resolve_device, seed_everything
 from matting.engine.schedule import build_optimizer, build_scheduler
 from matting.errors import MattingError
 
@@ -100,6 +100,7 @@ class Trainer:
         self.log = text_logger(self.out_dir / "train.log" if main else None, enabled=main)
         self.board = Board(self.out_dir / "tb" if main else None)
         self.progress = progress and main
+        fast_cpu_math()
         seed_everything(cfg.seed)
 
         self.model = self._build_model()
