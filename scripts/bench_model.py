@@ -48,8 +48,11 @@ def run_case(case: dict) -> dict:
     """Runs one measurement in this process and returns its numbers (called in a fresh subprocess)."""
     import torch
 
+    from matting.engine.runtime import fast_cpu_math
+
     if case["threads"]:
         torch.set_num_threads(case["threads"])
+    fast_cpu_math()  # as training and inference do
     import matting.models  # noqa: F401 - the idle baseline imports the package too
 
     if case["kind"] == "idle":
