@@ -66,8 +66,7 @@ class MattingExport(nn.Module):
 # Upsampler switches that select a memory-lean custom op (``torch.library``) over an equivalent formulation in
 # plain tensor ops. ONNX runtimes and TorchScript without this package know only the plain ops, so exported
 # copies use those: same values, more memory at high resolution.
-_PLAIN_OP_SETTINGS = {"reassembly": ("lean", "reference"), "fold_compressors": (True, False),
-                      "fold_compress_en": (True, False)}
+_PLAIN_OP_SETTINGS = {"reassembly": ("lean", "reference"), "fold_compressors": (True, False)}
 
 
 def _exportable(model: nn.Module) -> nn.Module:
