@@ -18,6 +18,8 @@ from matting.engine.predictor import Matter
 from matting.errors import MattingError
 from matting.metrics import compute_metrics
 
+from helpers import trained_head
+
 
 class SigmoidModel(nn.Module):
     """A deterministic stand-in network: sigmoid of the first input channel."""
@@ -168,7 +170,7 @@ def checkpoint(tmp_path_factory) -> Path:
     from matting.engine.checkpoint import atomic_torch_save
     from matting.models import build_model
 
-    model = build_model(**TINY).eval()
+    model = trained_head(build_model(**TINY)).eval()
     path = tmp_path_factory.mktemp("ckpt") / "latest.pth"
     atomic_torch_save({"format": 1, "model": model.state_dict(), "config": {"model": TINY}, "step": 11}, path)
     return path

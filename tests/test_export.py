@@ -10,6 +10,8 @@ from matting.engine.predictor import Matter
 from matting.export import export_model, main, run_exported
 from matting.models import build_model
 
+from helpers import trained_head
+
 TINY = {
     "encoder": "mobilenetv2",
     "upsampler": "fade",
@@ -23,7 +25,7 @@ TINY = {
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    model = build_model(**TINY).eval()
+    model = trained_head(build_model(**TINY)).eval()
     path = tmp_path_factory.mktemp("ckpt") / "tiny.pth"
     atomic_torch_save({"format": 1, "model": model.state_dict(), "config": {"model": TINY}, "step": 7}, path)
     return path

@@ -16,6 +16,8 @@ from matting.engine.predictor import Matter
 from matting.infer import estimate_foreground, main
 from matting.models import build_model
 
+from helpers import trained_head
+
 REPO = Path(__file__).resolve().parents[1]
 TINY = {
     "encoder": "mobilenetv2",
@@ -30,7 +32,7 @@ TINY = {
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    model = build_model(**TINY).eval()
+    model = trained_head(build_model(**TINY)).eval()
     path = tmp_path_factory.mktemp("ckpt") / "tiny.pth"
     atomic_torch_save({"format": 1, "model": model.state_dict(), "config": {"model": TINY}, "step": 3}, path)
     return path

@@ -28,6 +28,8 @@ from matting.models import (
 )
 from matting.upsamplers import UPSAMPLERS, available_upsamplers
 
+from helpers import trained_head
+
 # Odd multiples of the output stride: 3 x 5 at the deepest level.
 ODD_SIZE = {"resnet34": (48, 80), "mobilenetv2": (96, 160)}
 STRIDE = {"resnet34": 16, "mobilenetv2": 32}
@@ -41,6 +43,7 @@ PARAMETERS = {
     ("mobilenetv2", "fade"): 2_668_811,
     ("mobilenetv2", "fade_lite"): 2_583_389,
 }
+
 
 
 def batch_of(b: int, h: int, w: int, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -132,6 +135,7 @@ def test_mobilenetv2_layout_and_projection_when_widths_differ():
     assert model.encoder.features[0][0].in_channels == 4 and len(model.encoder.features) == 18
     custom = build_model("mobilenetv2", "fade", decoder_channels=[48, 32, 24, 16, 16], width_mult=0.5)
     assert custom.decoder.stages[1].en_proj is not None  # de 48 vs en 16 at /8: en is projected to 48
+    trained_head(custom)
     out = custom(torch.randn(2, 4, 64, 96))
     out.mean().backward()
     assert custom.decoder.stages[1].en_proj[0].weight.grad.abs().sum() > 0
@@ -148,7 +152,7 @@ def test_mobilenetv2_layout_and_projection_when_widths_differ():
 )
 def test_gradients_reach_every_parameter(encoder, upsampler):
     torch.manual_seed(0)
-    model = build_model(encoder, upsampler).train()
+    model = trained_head(build_model(encoder, upsampler).train())
     h, w = ODD_SIZE[encoder]
     batch = batch_of(2, h, w)
     total, _ = MattingLoss({"alpha_l1": 1.0, "composition": 1.0})(
@@ -157,6 +161,23 @@ def test_gradients_reach_every_parameter(encoder, upsampler):
     total.backward()
     dead = [n for n, p in model.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
     assert dead == []
+
+
+def test_head_starts_at_zero_then_passes_gradients_on():
+    torch.manual_seed(0)
+    model = build_model("mobilenetv2", "bilinear", width_mult=0.5).train()
+    batch = batch_of(2, 64, 64, seed=1)
+    x = make_input(batch["image"], batch["trimap"])
+    assert torch.count_nonzero(model(x)) == 0  # the untrained network predicts alpha = 0
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    stem = model.encoder.stem[0].weight
+    for step in range(2):
+        opt.zero_grad()
+        MattingLoss()(model(x), batch)[0].backward()
+        if step == 0:  # only the head learns at the first step ...
+            assert model.head[0].weight.grad.abs().sum() > 0 and stem.grad.abs().sum() == 0
+        opt.step()
+    assert stem.grad.abs().sum() > 0  # ... and from the second on the whole network does
 
 
 def test_one_step_lowers_the_loss():
@@ -180,13 +201,28 @@ def test_one_step_lowers_the_loss():
     assert after.item() < before.item()
 
 
+def test_aspp_options():
+    model = build_model("resnet34", "bilinear", aspp_dilations=[1, 2, 3], aspp_pooling=False)
+    assert [b[0][0].dilation for b in model.context.branches3x3] == [(1, 1), (2, 2), (3, 3)]
+    assert not hasattr(model.context, "pool_conv")
+    assert model.context.project[0].in_channels == 4 * 256  # 1x1 + three dilated branches, no pooling
+    assert model(torch.randn(1, 4, 32, 48)).shape == (1, 1, 32, 48)
+    default = build_model("resnet34", "bilinear")
+    params = sum(p.numel() for p in default.parameters()) - sum(p.numel() for p in model.parameters())
+    assert params == 256 * 256 + 2 * 256 + 256 * 256  # the pooling conv and BN, and the wider projection
+    with pytest.raises(MattingError, match="aspp_dilations must be a list of 3"):
+        build_model("resnet34", "bilinear", aspp_dilations=[1, 2])
+    with pytest.raises(MattingError, match="aspp_pooling must be true or false"):
+        build_model("resnet34", "bilinear", aspp_pooling="no")
+
+
 def test_batch_of_one_trains():
     model = build_model("mobilenetv2", "bilinear").train()
     model(torch.randn(1, 4, 64, 64)).mean().backward()  # ASPP's pooling branch must not need B > 1
 
 
 def test_predict_alpha_clamps():
-    model = build_model("mobilenetv2", "bilinear").eval()
+    model = trained_head(build_model("mobilenetv2", "bilinear")).eval()
     with torch.no_grad():
         model.head[0].weight.mul_(100.0)  # push the raw output far outside [0, 1], both ways
     x = torch.randn(1, 4, 64, 64)

@@ -28,6 +28,12 @@ class ASPP(nn.Module):
     image pooling (global average -> 1x1 conv, broadcast back to H x W). Then 1x1 conv of the concatenation to
     ``out_channels`` (BN + leaky ReLU) and dropout.
 
+    ``pooling=False`` drops the image-pooling branch. Both the pooling branch and large dilations make the
+    module see the whole training crop at once; when the crops are small next to the test images (the CPU
+    demo trains on 128 px crops and tests on 400 px images, a 4x4 map at output stride 32) the test-time
+    context is one the network never saw, and its mattes get worse than on crops. Small dilations and no
+    pooling keep the context module local, as the rest of the network is.
+
     The pooling branch normalises after broadcasting to H x W rather than on the 1 x 1 map: the normalised
     values are identical (the per-channel batch mean and biased variance of B broadcast copies equal those of
     the B values), but it also trains with a batch of one, where BN on a 1 x 1 map raises.
@@ -42,6 +48,7 @@ class ASPP(nn.Module):
         dilations: Sequence[int] = (6, 12, 18),
         inner_channels: int = 256,
         dropout: float = 0.5,
+        pooling: bool = True,
     ) -> None:
         super().__init__()
         if not 0.0 <= dropout < 1.0:
@@ -54,16 +61,19 @@ class ASPP(nn.Module):
             )
             for d in dilations
         )
-        self.pool_conv = nn.Conv2d(in_channels, inner_channels, 1, bias=False)
-        self.pool_bn = nn.BatchNorm2d(inner_channels)
-        self.pool_act = nn.LeakyReLU(LEAKY_SLOPE, inplace=True)
-        self.project = ConvBNAct(inner_channels * (2 + len(dilations)), out_channels, 1)
+        self.pooling = bool(pooling)
+        if self.pooling:
+            self.pool_conv = nn.Conv2d(in_channels, inner_channels, 1, bias=False)
+            self.pool_bn = nn.BatchNorm2d(inner_channels)
+            self.pool_act = nn.LeakyReLU(LEAKY_SLOPE, inplace=True)
+        self.project = ConvBNAct(inner_channels * (1 + len(dilations) + self.pooling), out_channels, 1)
         self.dropout = nn.Dropout(dropout)
         init_new_conv(self)
 
     def forward(self, x: Tensor) -> Tensor:
-        h, w = x.shape[-2:]
-        pooled = self.pool_conv(x.mean(dim=(2, 3), keepdim=True)).expand(-1, -1, h, w)
         feats = [self.branch1x1(x)] + [b(x) for b in self.branches3x3]
-        feats.append(self.pool_act(self.pool_bn(pooled)))
+        if self.pooling:
+            h, w = x.shape[-2:]
+            pooled = self.pool_conv(x.mean(dim=(2, 3), keepdim=True)).expand(-1, -1, h, w)
+            feats.append(self.pool_act(self.pool_bn(pooled)))
         return self.dropout(self.project(torch.cat(feats, dim=1)))

@@ -32,6 +32,8 @@ _COMMON_OPTIONS = {
     "decoder_channels": "output width of each decoder stage, deepest first",
     "aspp_channels": "width of each ASPP branch",
     "aspp_dropout": "dropout after the ASPP (0.5 in the official code)",
+    "aspp_dilations": "dilations of the three dilated ASPP branches (default: the official ones for the stride)",
+    "aspp_pooling": "keep ASPP's image-pooling branch (true, as the official code; false for small training crops)",
 }
 
 #: Encoder name -> {option: meaning}, the keyword options build_model accepts for it.
@@ -51,7 +53,7 @@ def _positive_int(name: str, value: Any) -> int:
     return value
 
 
-def _channel_list(name: str, value: Any, count: int) -> tuple[int, ...]:
+def _int_list(name: str, value: Any, count: int) -> tuple[int, ...]:
     if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or len(value) != count:
         raise MattingError(f"model option {name} must be a list of {count} positive ints, got {value!r}")
     return tuple(_positive_int(name, v) for v in value)
@@ -114,15 +116,18 @@ def build_model(
 
     n_stages = len(enc.stage_channels)
     context_channels = _positive_int("context_channels", opts.get("context_channels", default_context))
-    decoder_channels = _channel_list("decoder_channels", opts.get("decoder_channels", default_decoder), n_stages)
+    decoder_channels = _int_list("decoder_channels", opts.get("decoder_channels", default_decoder), n_stages)
     aspp_channels = _positive_int("aspp_channels", opts.get("aspp_channels", 256))
     dropout = opts.get("aspp_dropout", 0.5)
     if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
         raise MattingError(f"model option aspp_dropout must be a number in [0, 1), got {dropout!r}")
 
-    context = ASPP(
-        enc.out_channels, context_channels, aspp_dilations(enc.output_stride), aspp_channels, float(dropout)
-    )
+    dilations = _int_list("aspp_dilations", opts.get("aspp_dilations", aspp_dilations(enc.output_stride)), 3)
+    pooling = opts.get("aspp_pooling", True)
+    if not isinstance(pooling, bool):
+        raise MattingError(f"model option aspp_pooling must be true or false, got {pooling!r}")
+
+    context = ASPP(enc.out_channels, context_channels, dilations, aspp_channels, float(dropout), pooling)
     decoder = Decoder(context_channels, enc.stage_channels, decoder_channels, upsampler, upsampler_options)
     model = MattingNet(enc, context, decoder, MattingHead(decoder.out_channels))
     if freeze_bn:
