@@ -18,7 +18,7 @@ from matting.engine.predictor import Matter
 from matting.errors import MattingError
 from matting.metrics import compute_metrics
 
-from helpers import trained_head
+from helpers import save_tiny_checkpoint
 
 
 class SigmoidModel(nn.Module):
@@ -154,26 +154,9 @@ def test_nothing_scored_gives_none_means(matter):
 # ------------------------------------------------------------------------------------------------------------
 # The command line, end to end, on a generated test folder and a tiny real checkpoint.
 
-TINY = {
-    "encoder": "mobilenetv2",
-    "upsampler": "fade",
-    "width_mult": 0.25,
-    "stem_channels": 4,
-    "context_channels": 8,
-    "aspp_channels": 8,
-    "decoder_channels": [8, 8, 8, 8, 8],
-}
-
-
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    from matting.engine.checkpoint import atomic_torch_save
-    from matting.models import build_model
-
-    model = trained_head(build_model(**TINY)).eval()
-    path = tmp_path_factory.mktemp("ckpt") / "latest.pth"
-    atomic_torch_save({"format": 1, "model": model.state_dict(), "config": {"model": TINY}, "step": 11}, path)
-    return path
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "latest.pth", step=11)
 
 
 def make_test_folder(root: Path, fg_count: int = 2, per_fg: int = 2) -> list[dict]:

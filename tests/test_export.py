@@ -5,30 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from matting.engine.checkpoint import atomic_torch_save
 from matting.engine.predictor import Matter
 from matting.export import export_model, main, run_exported
-from matting.models import build_model
 
-from helpers import trained_head
-
-TINY = {
-    "encoder": "mobilenetv2",
-    "upsampler": "fade",
-    "width_mult": 0.25,
-    "stem_channels": 4,
-    "context_channels": 8,
-    "aspp_channels": 8,
-    "decoder_channels": [8, 8, 8, 8, 8],
-}
+from helpers import save_tiny_checkpoint
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    model = trained_head(build_model(**TINY)).eval()
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.pth"
-    atomic_torch_save({"format": 1, "model": model.state_dict(), "config": {"model": TINY}, "step": 7}, path)
-    return path
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pth", step=7)
 
 
 def sample(h: int, w: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

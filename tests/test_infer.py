@@ -11,31 +11,17 @@ import numpy as np
 import pytest
 
 from matting.data.io import read_gray, read_rgb, write_png
-from matting.engine.checkpoint import atomic_torch_save
 from matting.engine.predictor import Matter
 from matting.infer import estimate_foreground, main
-from matting.models import build_model
 
-from helpers import trained_head
+from helpers import save_tiny_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = {
-    "encoder": "mobilenetv2",
-    "upsampler": "fade",
-    "width_mult": 0.25,
-    "stem_channels": 4,
-    "context_channels": 8,
-    "aspp_channels": 8,
-    "decoder_channels": [8, 8, 8, 8, 8],
-}
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    model = trained_head(build_model(**TINY)).eval()
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.pth"
-    atomic_torch_save({"format": 1, "model": model.state_dict(), "config": {"model": TINY}, "step": 3}, path)
-    return path
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pth", step=3)
 
 
 @pytest.fixture(scope="module")
