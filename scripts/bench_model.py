@@ -4,6 +4,7 @@
     python scripts/bench_model.py --encoders resnet34 mobilenetv2 --megapixels 1 2 4 8
     python scripts/bench_model.py --train --crop 320 --batch 4          # training iterations per second
     python scripts/bench_model.py --sizes 1024 --profile                # + the top ops of each case
+    python scripts/bench_model.py --config configs/demo.yaml --train --crop 128 --batch 8   # a config's network
 
 Every case runs in a fresh subprocess, so one case's allocations cannot hide another's peak. Peak memory on
 CPU is the subprocess's peak resident set size (``ru_maxrss``) minus that of an idle subprocess that only
@@ -63,7 +64,9 @@ def run_case(case: dict) -> dict:
 
     device = torch.device(case["device"])
     torch.manual_seed(0)
-    model = build_model(case["encoder"], case["upsampler"]).to(device)
+    model = build_model(
+        case["encoder"], case["upsampler"], options=case.get("options"), upsampler_options=case.get("upsampler_options")
+    ).to(device)
     params = sum(p.numel() for p in model.parameters())
     h, w = case["height"], case["width"]
     result: dict = {"params": params, "threads": torch.get_num_threads()}
@@ -176,8 +179,10 @@ def side_for_megapixels(mp: float, stride: int) -> int:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--encoders", nargs="+", default=["resnet34"])
-    p.add_argument("--upsamplers", nargs="+", default=["fade", "bilinear"])
+    p.add_argument("--config", help="take the network (model.encoder, .upsampler, .options) from this config")
+    p.add_argument("--encoders", nargs="+", default=None, help="default: resnet34, or the config's encoder")
+    p.add_argument("--upsamplers", nargs="+", default=None,
+                   help="default: fade and bilinear, or the config's upsampler and bilinear")
     p.add_argument("--sizes", type=int, nargs="*", default=None, help="square input sides (default 1024)")
     p.add_argument("--megapixels", type=float, nargs="*", default=[], help="square inputs of about N x 2^20 px")
     p.add_argument("--repeats", type=int, default=3)
@@ -202,6 +207,19 @@ def main(argv: list[str] | None = None) -> int:
     from matting.models import MODELS
     from matting.upsamplers import available_upsamplers
 
+    model_cfg = None
+    if args.config:
+        from matting.config import load_config
+        from matting.errors import MattingError
+
+        try:
+            model_cfg = load_config(args.config).model
+        except MattingError as exc:
+            sys.exit(f"error: {exc}")
+    if args.encoders is None:
+        args.encoders = [model_cfg.encoder] if model_cfg else ["resnet34"]
+    if args.upsamplers is None:
+        args.upsamplers = list(dict.fromkeys([model_cfg.upsampler, "bilinear"])) if model_cfg else ["fade", "bilinear"]
     for e in args.encoders:
         if e not in MODELS:
             sys.exit(f"error: unknown encoder {e!r}; known: {', '.join(MODELS)}")
@@ -233,6 +251,10 @@ def main(argv: list[str] | None = None) -> int:
         for up in args.upsamplers:
             case = {**base, "kind": "train" if args.train else "infer", "encoder": enc, "upsampler": up,
                     "height": side, "width": side, "batch": args.batch}
+            if model_cfg is not None:
+                case["options"] = model_cfg.options
+                if up == model_cfg.upsampler:
+                    case["upsampler_options"] = model_cfg.upsampler_options
             r = spawn(case)
             med, best = statistics.median(r["times"]), min(r["times"])
             peak = r["peak_mib"] - idle
@@ -247,6 +269,8 @@ def main(argv: list[str] | None = None) -> int:
 
     threads = rows[0][3]["threads"] if rows else 0
     print(f"\ndevice {device}, {threads} threads; memory: {mem_note}")
+    if model_cfg is not None:
+        print(f"network of {args.config}: model.options {model_cfg.options}")
     if args.train:
         print(f"training: batch {args.batch}, crop {args.crop}, Adam, 0.5 Charbonnier + 0.5 composition\n")
         print("| encoder | upsampler | parameters | MACs / sample | it/s (median) | it/s (best) | peak MiB |")

@@ -219,3 +219,17 @@ def test_tiles_differ_from_whole_image_without_margin():
 def test_bf16_autocast_runs():
     alpha = Matter(SmallConvModel(), "cpu", amp="bf16").predict(random_image(16, 16), unknown(16, 16))
     assert alpha.dtype == np.float32 and alpha.shape == (16, 16)
+
+
+def test_channels_last_by_default_on_cpu_with_the_same_alpha():
+    image, trimap = random_image(40, 50, seed=3), unknown(40, 50)
+    plain = Matter(SmallConvModel(), "cpu", channels_last=False)
+    model = SmallConvModel()  # the same seeded weights
+    fast = Matter(model, "cpu")
+    assert fast.channels_last and not plain.channels_last
+    assert model.net[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert plain.model.net[0].weight.is_contiguous()
+    seen = []
+    model.register_forward_pre_hook(lambda mod, args: seen.append(args[0].is_contiguous(memory_format=torch.channels_last)))
+    np.testing.assert_allclose(fast.predict(image, trimap), plain.predict(image, trimap), atol=1e-6, rtol=0)
+    assert seen == [True]

@@ -120,6 +120,26 @@ def test_interface_shapes_dtype_and_gradients(name, size):
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_channels_last_inputs_give_the_same_values_and_stay_channels_last(name):
+    torch.manual_seed(0)
+    up = build_upsampler(name, 8).double()
+    en, de = _pair(h=7, w=5)
+    grad = torch.randn_like(en)
+    results = []
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        x = [t.clone(memory_format=fmt).requires_grad_() for t in (en, de)]
+        out = up(*x)
+        out.backward(grad.contiguous(memory_format=fmt))
+        results.append((out, *[t.grad for t in x]))
+    (out, en_grad, de_grad), (out_cl, en_grad_cl, de_grad_cl) = results
+    assert out_cl.is_contiguous(memory_format=torch.channels_last) and not out_cl.is_contiguous()
+    torch.testing.assert_close(out_cl, out, rtol=0, atol=1e-12)
+    torch.testing.assert_close(de_grad_cl, de_grad, rtol=0, atol=1e-12)
+    if up.uses_encoder:
+        torch.testing.assert_close(en_grad_cl, en_grad, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_shape_mismatch_names_both_shapes(name):
     up = build_upsampler(name, 8)
     en, de = _pair(dtype=torch.float32)

@@ -125,6 +125,10 @@ class Matter:
             context and its zero padding at tile borders), and are identical for networks whose receptive field
             radius is at most ``tile_margin``.
         tile_margin: context pixels around each tile (rounded up to the stride).
+        channels_last: run the network in the channels-last memory layout (the model's weights are converted in
+            place; values are the same up to float rounding). None (default): on CPU, where oneDNN's
+            convolutions run faster in that layout (resnet34 + FADE at 1024x1024 on 2 cores: 6.5 s instead
+            of 8.2 s, the same peak memory); not elsewhere.
     """
 
     def __init__(
@@ -136,12 +140,16 @@ class Matter:
         stride: int | None = None,
         tile: int | None = None,
         tile_margin: int = 128,
+        channels_last: bool | None = None,
     ) -> None:
         if amp not in AMP_MODES:
             raise MattingError(f"amp '{amp}' is not one of {', '.join(AMP_MODES)}")
         fast_cpu_math()
         self.device = resolve_device(device) if isinstance(device, str) else torch.device(device)
         self.model = unwrap(model).to(self.device)
+        self.channels_last = self.device.type == "cpu" if channels_last is None else bool(channels_last)
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
         self.amp = amp
         if stride is None:
             stride = getattr(self.model, "output_stride", None)
@@ -224,6 +232,8 @@ class Matter:
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = AMP_MODES[self.amp]
         ctx = torch.autocast(self.device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         with ctx:
             out = self.model(x)
         if out.shape[-2:] != x.shape[-2:] or out.shape[1] != 1:

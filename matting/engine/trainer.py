@@ -310,7 +310,9 @@ class Trainer:
             from matting.engine.predictor import Matter
 
             model = unwrap(self.model)
-            summary = evaluate(Matter(model, self.device), self.val_items, out_dir=None, progress=False,
+            # The layout the model trains in: validation must not convert the training model's weights.
+            matter = Matter(model, self.device, channels_last=self.cfg.train.channels_last)
+            summary = evaluate(matter, self.val_items, out_dir=None, progress=False,
                                workers=self.cfg.eval.workers)
             model.train()
         if self.dist.enabled:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .registry import is_channels_last
+
 __all__ = ["conv2d_banded"]
 
 # Input + output bytes of one band on CPU; large enough that oneDNN runs at full speed.
@@ -41,6 +43,9 @@ def conv2d_banded(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
         raise ValueError(
             f"conv2d_banded: need an odd square dense kernel, got weight {tuple(weight.shape)} for x {tuple(x.shape)}"
         )
+    if is_channels_last(x):
+        # oneDNN runs channels-last convolutions without the reorders that banding avoids.
+        return F.conv2d(x, weight, bias, padding=k // 2)
     return _conv2d_banded_op(x.contiguous(), weight, bias)
 
 

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from matting.utils.flops import add_macs
 
-from .registry import check_choice, check_int
+from .registry import check_choice, check_int, is_channels_last
 
 __all__ = ["carafe", "gated_carafe", "carafe_reference", "check_carafe_inputs", "IMPLEMENTATIONS"]
 
@@ -91,7 +91,7 @@ def carafe(
     add_macs(b * c * h * w * scale * scale * kernel_size * kernel_size)
     if impl == "reference":
         return carafe_reference(features, kernels.softmax(dim=1) if softmax else kernels, kernel_size, scale)
-    return _carafe_lean_op(features.contiguous(), kernels.contiguous(), kernel_size, scale, None, None, softmax)
+    return _carafe_lean_op(features.contiguous(), _dense(kernels), kernel_size, scale, None, None, softmax)
 
 
 def gated_carafe(
@@ -135,7 +135,7 @@ def gated_carafe(
         kernels = kernels.softmax(dim=1) if softmax else kernels
         return gate * skip + (1 - gate) * carafe_reference(features, kernels, kernel_size, scale)
     return _carafe_lean_op(
-        features.contiguous(), kernels.contiguous(), kernel_size, scale, skip.contiguous(), gate.contiguous(), softmax
+        features.contiguous(), _dense(kernels), kernel_size, scale, _dense(skip), _dense(gate), softmax
     )
 
 
@@ -159,6 +159,18 @@ def carafe_reference(features: torch.Tensor, kernels: torch.Tensor, kernel_size:
 # ``softmax`` the op receives logits and normalises each band's kernels itself, so neither the normalised
 # kernels nor their gradient ever exist as full-size tensors. Few, large ops matter on CPU: each op pays an
 # OpenMP barrier, which stalls whenever another process holds a core.
+
+
+def _dense(t: torch.Tensor) -> torch.Tensor:
+    """``t`` if it is dense in the NCHW or the channels-last layout, else an NCHW copy. The full-resolution
+    operands (kernels, skip, gate, output) are only gathered and scattered band by band, which works with any
+    dense layout; converting a channels-last network's tensors to NCHW would cost more than the op itself."""
+    return t if t.is_contiguous() or is_channels_last(t) else t.contiguous()
+
+
+def _out_format(skip: torch.Tensor | None) -> torch.memory_format:
+    """The output follows the skip feature's layout (channels-last in a channels-last network)."""
+    return torch.channels_last if skip is not None and is_channels_last(skip) else torch.contiguous_format
 
 
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -247,7 +259,9 @@ def _carafe_lean_op(
 ) -> torch.Tensor:
     b, c, h, w = features.shape
     acc_dtype = _acc_dtype(features.dtype)
-    out = features.new_empty(b, c, scale * h, scale * w)
+    out = torch.empty(
+        (b, c, scale * h, scale * w), dtype=features.dtype, device=features.device, memory_format=_out_format(skip)
+    )
     buf = _Buffers(features, scale)
     for y0 in range(0, h, buf.rows):
         y1 = min(h, y0 + buf.rows)
@@ -264,7 +278,9 @@ def _carafe_lean_op(
 @_carafe_lean_op.register_fake
 def _(features, kernels, kernel_size, scale, skip, gate, softmax):
     b, c, h, w = features.shape
-    return features.new_empty(b, c, h * scale, w * scale)
+    return torch.empty(
+        (b, c, h * scale, w * scale), dtype=features.dtype, device=features.device, memory_format=_out_format(skip)
+    )
 
 
 @torch.library.custom_op("matting::carafe_lean_backward", mutates_args=())
