@@ -67,6 +67,8 @@ def run_case(case: dict) -> dict:
     model = build_model(
         case["encoder"], case["upsampler"], options=case.get("options"), upsampler_options=case.get("upsampler_options")
     ).to(device)
+    layout = torch.channels_last if case["channels_last"] else torch.contiguous_format
+    model.to(memory_format=layout)
     params = sum(p.numel() for p in model.parameters())
     h, w = case["height"], case["width"]
     result: dict = {"params": params, "threads": torch.get_num_threads()}
@@ -75,7 +77,7 @@ def run_case(case: dict) -> dict:
 
     if case["kind"] == "infer":
         model.eval()
-        x = torch.randn(1, 4, h, w, device=device)
+        x = torch.randn(1, 4, h, w, device=device).contiguous(memory_format=layout)
 
         def step():
             with torch.inference_mode():
@@ -86,7 +88,7 @@ def run_case(case: dict) -> dict:
         image, alpha = torch.rand(b, 3, h, w, device=device), torch.rand(b, 1, h, w, device=device)
         trimap = torch.full((b, 1, h, w), 128, dtype=torch.uint8, device=device)
         batch = {"image": image, "alpha": alpha, "trimap": trimap, "fg": image, "bg": torch.rand_like(image)}
-        x = make_input(image, trimap)
+        x = make_input(image, trimap).contiguous(memory_format=layout)
         criterion = MattingLoss()
         groups = model.parameter_groups()
         opt = torch.optim.Adam(
@@ -193,6 +195,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--crop", type=int, default=320, help="training crop (with --train)")
     p.add_argument("--batch", type=int, default=4, help="training batch (with --train)")
     p.add_argument("--profile", action="store_true", help="print torch profiler top ops and per-stage times")
+    p.add_argument("--layout", choices=["auto", "nchw", "channels_last"], default="auto",
+                   help="memory layout; auto: channels-last for CPU inference (as Matter runs it), else NCHW")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -230,8 +234,9 @@ def main(argv: list[str] | None = None) -> int:
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     stride = {"resnet34": 16, "mobilenetv2": 32}
+    channels_last = args.layout == "channels_last" or (args.layout == "auto" and device == "cpu" and not args.train)
     base = {"device": device, "threads": args.threads, "repeats": args.repeats, "warmup": args.warmup,
-            "profile": args.profile}
+            "profile": args.profile, "channels_last": channels_last}
     idle = spawn({**base, "kind": "idle"})["peak_mib"] if device == "cpu" else 0.0
     mem_note = (f"peak RSS minus an idle process's ({idle:.0f} MiB)" if device == "cpu"
                 else "torch.cuda.max_memory_allocated")
@@ -268,7 +273,8 @@ def main(argv: list[str] | None = None) -> int:
             sys.stdout.flush()
 
     threads = rows[0][3]["threads"] if rows else 0
-    print(f"\ndevice {device}, {threads} threads; memory: {mem_note}")
+    layout = "channels-last" if channels_last else "NCHW"
+    print(f"\ndevice {device}, {threads} threads, {layout}; memory: {mem_note}")
     if model_cfg is not None:
         print(f"network of {args.config}: model.options {model_cfg.options}")
     if args.train:

@@ -30,7 +30,7 @@ class ASPP(nn.Module):
 
     ``pooling=False`` drops the image-pooling branch. Both the pooling branch and large dilations make the
     module see the whole training crop at once; when the crops are small next to the test images (the CPU
-    demo trains on 128 px crops and tests on 400 px images, a 4x4 map at output stride 32) the test-time
+    demo trains on 128 px crops, an 8x8 map at output stride 16, and tests on 400 px images) the test-time
     context is one the network never saw, and its mattes get worse than on crops. Small dilations and no
     pooling keep the context module local, as the rest of the network is.
 
