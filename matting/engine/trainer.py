@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import signal
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -365,8 +366,9 @@ class Trainer:
                 old_handlers[sig] = signal.signal(sig, request_stop)
             except ValueError:  # not the main thread (e.g. inside some test runners): keep default handling
                 pass
+        # Redirected to a file (nohup, a cluster job), a bar redrawn every second fills the log: once a minute.
         bar = tqdm(total=t.iterations, initial=self.state.step, disable=not self.progress, dynamic_ncols=True,
-                   desc="train")
+                   desc="train", mininterval=1.0 if sys.stderr.isatty() else 60.0)
         tic, seen, running = time.perf_counter(), 0, {}
         try:
             batches = self._batches()
