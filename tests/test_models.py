@@ -45,7 +45,6 @@ PARAMETERS = {
 }
 
 
-
 def batch_of(b: int, h: int, w: int, seed: int = 0) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     alpha = torch.rand(b, 1, h, w, generator=g)
