@@ -230,6 +230,7 @@ def test_channels_last_by_default_on_cpu_with_the_same_alpha():
     assert model.net[0].weight.is_contiguous(memory_format=torch.channels_last)
     assert plain.model.net[0].weight.is_contiguous()
     seen = []
-    model.register_forward_pre_hook(lambda mod, args: seen.append(args[0].is_contiguous(memory_format=torch.channels_last)))
+    layout = torch.channels_last
+    model.register_forward_pre_hook(lambda m, args: seen.append(args[0].is_contiguous(memory_format=layout)))
     np.testing.assert_allclose(fast.predict(image, trimap), plain.predict(image, trimap), atol=1e-6, rtol=0)
     assert seen == [True]
