@@ -168,9 +168,12 @@ def _dense(t: torch.Tensor) -> torch.Tensor:
     return t if t.is_contiguous() or is_channels_last(t) else t.contiguous()
 
 
-def _out_format(skip: torch.Tensor | None) -> torch.memory_format:
-    """The output follows the skip feature's layout (channels-last in a channels-last network)."""
-    return torch.channels_last if skip is not None and is_channels_last(skip) else torch.contiguous_format
+def _new_output(features: torch.Tensor, scale: int, skip: torch.Tensor | None) -> torch.Tensor:
+    """Uninitialised (B, C, s*H, s*W) output in the skip feature's layout (channels-last in a channels-last
+    network), else NCHW; the op and its fake implementation allocate it alike."""
+    b, c, h, w = features.shape
+    layout = torch.channels_last if skip is not None and is_channels_last(skip) else torch.contiguous_format
+    return torch.empty((b, c, scale * h, scale * w), dtype=features.dtype, device=features.device, memory_format=layout)
 
 
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -259,9 +262,7 @@ def _carafe_lean_op(
 ) -> torch.Tensor:
     b, c, h, w = features.shape
     acc_dtype = _acc_dtype(features.dtype)
-    out = torch.empty(
-        (b, c, scale * h, scale * w), dtype=features.dtype, device=features.device, memory_format=_out_format(skip)
-    )
+    out = _new_output(features, scale, skip)
     buf = _Buffers(features, scale)
     for y0 in range(0, h, buf.rows):
         y1 = min(h, y0 + buf.rows)
@@ -277,10 +278,7 @@ def _carafe_lean_op(
 
 @_carafe_lean_op.register_fake
 def _(features, kernels, kernel_size, scale, skip, gate, softmax):
-    b, c, h, w = features.shape
-    return torch.empty(
-        (b, c, h * scale, w * scale), dtype=features.dtype, device=features.device, memory_format=_out_format(skip)
-    )
+    return _new_output(features, scale, skip)
 
 
 @torch.library.custom_op("matting::carafe_lean_backward", mutates_args=())
