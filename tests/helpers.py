@@ -12,12 +12,23 @@ def trained_head(model: nn.Module, seed: int = 0) -> nn.Module:
     A new network's head is all zeros (``MattingHead``): it predicts alpha = 0 everywhere, and nothing before
     the head gets a gradient at the first backward. Tests that compare predictions, or check gradients of
     the whole network, need a head that passes signal on.
+
+    The random head is then calibrated on a fixed random input (eval mode, no gradients) so that the raw
+    output has mean 0.5 and std 0.2: an uncalibrated random head can put the whole output above 1 or below 0,
+    and then every clamped prediction is a constant and a comparison of two predictions proves nothing.
     """
     g = torch.Generator().manual_seed(seed)
+    conv = model.head[0]
+    was_training = model.training
     with torch.no_grad():
-        weight = model.head[0].weight
-        weight.copy_(torch.randn(weight.shape, generator=g) * 0.1)
-    return model
+        conv.weight.copy_(torch.randn(conv.weight.shape, generator=g) * 0.1)
+        conv.bias.zero_()
+        model.eval()
+        raw = model(torch.randn(1, 4, 64, 64, generator=g))
+        scale = 0.2 / raw.std().clamp_min(1e-6)
+        conv.weight.mul_(scale)
+        conv.bias.fill_(0.5 - float(raw.mean() * scale))
+    return model.train(was_training)
 
 
 #: A very small network (mobilenetv2 + FADE, 8 channels) for tests that need a real checkpoint.
@@ -37,7 +48,9 @@ def save_tiny_checkpoint(path, step: int = 1):
     from matting.engine.checkpoint import atomic_torch_save
     from matting.models import build_model
 
-    model = trained_head(build_model(**TINY_MODEL)).eval()
+    with torch.random.fork_rng():
+        torch.manual_seed(step)  # the same weights on every machine and run
+        model = trained_head(build_model(**TINY_MODEL)).eval()
     payload = {"format": 1, "model": model.state_dict(), "config": {"model": TINY_MODEL}, "step": step}
     atomic_torch_save(payload, path)
     return path
