@@ -50,7 +50,9 @@ class DataConfig:
     train_bg_dir: str = _f("data/demo/train_bg", "training backgrounds (COCO train2014 for the real set)")
     use_bg_list: bool = _f(True, "take backgrounds from training_bg_names.txt; false: every image in train_bg_dir")
     preset: str = _f("indexnet", "augmentation recipe", ("indexnet", "gca"))
-    augment: dict = _f({}, "overrides of the preset's fields (matting.data.augment.AugmentConfig), e.g. {crop_size: 160}")
+    augment: dict = _f(
+        {}, "overrides of the preset's fields (matting.data.augment.AugmentConfig), e.g. {crop_size: 160}"
+    )
     samples_per_epoch: int | None = _f(None, "samples in one data epoch; null: 100 per foreground as in the paper")
     cache: bool = _f(False, "keep decoded training images in memory (small sets only)")
     num_workers: int = _f(2, "data-loader worker processes per training process")
@@ -91,7 +93,9 @@ class TrainConfig:
     image_every: int = _f(500, "iterations between TensorBoard image grids")
     val_every: int = _f(1000, "iterations between validation runs (needs data.val_count > 0)")
     ckpt_every: int = _f(1000, "iterations between checkpoints (latest.pth)")
-    best_metric: str = _f("sad", "validation metric that selects best.pth (lower is better)", ("sad", "mse", "grad", "conn"))
+    best_metric: str = _f(
+        "sad", "validation metric that selects best.pth (lower is better)", ("sad", "mse", "grad", "conn")
+    )
 
 
 @dataclass

@@ -201,10 +201,14 @@ def verify_export(model: nn.Module, path: str | os.PathLike, size: int = 64) -> 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m matting.export", description="Export a checkpoint to ONNX or TorchScript.")
+    p = argparse.ArgumentParser(
+        prog="python -m matting.export", description="Export a checkpoint to ONNX or TorchScript."
+    )
     p.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT, help=f"default {DEFAULT_CHECKPOINT}")
     p.add_argument("--format", required=True, choices=list(FORMATS))
-    p.add_argument("--out", default=None, help="output file (default: next to the checkpoint, <stem>.onnx / .torchscript.pt)")
+    p.add_argument(
+        "--out", default=None, help="output file (default: next to the checkpoint, <stem>.onnx / .torchscript.pt)"
+    )
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default 17, or 18 with --exporter dynamo)")
     p.add_argument(
         "--exporter", default="torchscript", choices=["torchscript", "dynamo"],

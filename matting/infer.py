@@ -197,7 +197,9 @@ def main(argv: list[str] | None = None) -> int:
     if not Path(args.checkpoint).is_file():
         hint = "; train the demo first (scripts/train.sh)" if args.checkpoint == DEFAULT_CHECKPOINT else ""
         raise MattingError(f"{args.checkpoint}: checkpoint not found{hint} or pass --checkpoint FILE")
-    matter = Matter.from_checkpoint(args.checkpoint, args.device, args.amp, tile=args.tile, tile_margin=args.tile_margin)
+    matter = Matter.from_checkpoint(
+        args.checkpoint, args.device, args.amp, tile=args.tile, tile_margin=args.tile_margin
+    )
     if len(jobs) == 1:
         run_job(matter, jobs[0])
         for path in (jobs[0].alpha_out, jobs[0].foreground_out, jobs[0].cutout_out):

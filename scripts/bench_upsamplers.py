@@ -267,7 +267,10 @@ def main(argv=None) -> int:
         threads = args.threads or torch.get_num_threads()
         where = f"CPU, {threads} threads" if device == "cpu" else torch.cuda.get_device_name()
         print(f"\n### {where}, batch 1, fp32, min of {args.repeats} runs\n")
-        print("| upsampler | C | output | params | MACs (fwd) | fwd | fwd+bwd | peak extra mem, fwd | peak extra mem, fwd+bwd |")
+        print(
+            "| upsampler | C | output | params | MACs (fwd) | fwd | fwd+bwd "
+            "| peak extra mem, fwd | peak extra mem, fwd+bwd |"
+        )
         print("|---|---|---|---|---|---|---|---|---|")
         for size in args.sizes:
             for channels in args.channels:

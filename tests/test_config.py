@@ -24,7 +24,10 @@ def test_every_shipped_config_loads():
 
 
 def test_base_include_and_overrides(tmp_path):
-    write(tmp_path / "base.yaml", "name: a\ntrain: {lr: 0.5, batch_size: 4}\nloss: {weights: {alpha_l1: 1.0, composition: 2}}\n")
+    write(
+        tmp_path / "base.yaml",
+        "name: a\ntrain: {lr: 0.5, batch_size: 4}\nloss: {weights: {alpha_l1: 1.0, composition: 2}}\n",
+    )
     child = write(tmp_path / "child.yaml", "base: base.yaml\ntrain: {batch_size: 8}\nloss: {weights: {alpha_l1: 3}}\n")
     cfg = load_config(child, ["train.lr=1e-3", "model.upsampler=bilinear", "train.grad_clip=null"])
     assert cfg.name == "a"

@@ -185,7 +185,8 @@ class Matter:
 
     def __repr__(self) -> str:
         tiling = f", tile={self.tile}, tile_margin={self.tile_margin}" if self.tile else ""
-        return f"Matter({type(self.model).__name__}, device={self.device}, amp={self.amp}, stride={self.stride}{tiling})"
+        name = type(self.model).__name__
+        return f"Matter({name}, device={self.device}, amp={self.amp}, stride={self.stride}{tiling})"
 
     # ----------------------------------------------------------------------------------------------------------
     def predict(self, image: np.ndarray, trimap: np.ndarray) -> np.ndarray:

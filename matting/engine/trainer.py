@@ -208,7 +208,9 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "rng": rng_state(),
-            "best": {"metric": self.cfg.train.best_metric, "value": self.state.best_value, "step": self.state.best_step},
+            "best": {
+                "metric": self.cfg.train.best_metric, "value": self.state.best_value, "step": self.state.best_step
+            },
         }
 
     def save(self, name: str = "latest.pth") -> Path | None:
