@@ -36,9 +36,9 @@ STRIDE = {"resnet34": 16, "mobilenetv2": 32}
 
 # The numbers of the README's parameter table (default options, every stage on the named upsampler).
 PARAMETERS = {
-    ("resnet34", "bilinear"): 10_410_337,
-    ("resnet34", "fade"): 10_534_345,
-    ("resnet34", "fade_lite"): 10_437_553,
+    ("resnet34", "bilinear"): 8_048_993,  # the official network's 8,049,003 less its head's 10 (see MattingHead)
+    ("resnet34", "fade"): 8_173_001,
+    ("resnet34", "fade_lite"): 8_076_209,
     ("mobilenetv2", "bilinear"): 2_572_625,
     ("mobilenetv2", "fade"): 2_668_811,
     ("mobilenetv2", "fade_lite"): 2_583_389,
@@ -92,7 +92,13 @@ def test_resnet34_is_the_paper_network():
     assert (enc.conv1.in_channels, enc.conv1.out_channels, enc.conv1.kernel_size, enc.conv1.stride) == (
         4, 64, (7, 7), (1, 1)
     )
-    assert [len(enc.layer1), len(enc.layer2), len(enc.layer3)] == [3, 4, 6]
+    assert [len(enc.layer1), len(enc.layer2), len(enc.layer3)] == [3, 4, 4]  # the official [3, 4, 4, 2]
+    full = build_model("resnet34", "bilinear", layer3_blocks=6)
+    assert len(full.encoder.layer3) == 6
+    assert sum(p.numel() for p in full.parameters()) - PARAMETERS["resnet34", "bilinear"] == 2 * 1_180_672
+    for bad in (0, 7, 2.5):
+        with pytest.raises(MattingError, match="layer3_blocks"):
+            build_model("resnet34", "bilinear", layer3_blocks=bad)
     assert enc.layer2[0].conv1.stride == (1, 1) and enc.layer3[0].conv1.stride == (1, 1)
     assert not hasattr(enc, "layer4") and not hasattr(enc, "fc")
     # Decoder table of fade.md: (FADE width, skip conv in -> out, convs) per stage.
@@ -410,8 +416,11 @@ def test_local_weights_file(tmp_path):
     own = model.encoder.state_dict()
     torch.testing.assert_close(own["conv1.weight"][:, :3], reference["conv1.weight"], rtol=0, atol=0)
     assert own["conv1.weight"][:, 3].abs().sum() == 0
-    for key in ("layer2.0.conv1.weight", "layer2.0.downsample.0.weight", "layer3.5.bn2.running_mean"):
+    for key in ("layer2.0.conv1.weight", "layer2.0.downsample.0.weight", "layer3.3.bn2.running_mean"):
         torch.testing.assert_close(own[key], reference[key], rtol=0, atol=0)
+    assert "layer3.4.conv1.weight" not in own  # the official network keeps 4 of layer3's 6 blocks
+    full = build_model("resnet34", "bilinear", pretrained=str(wrapped), layer3_blocks=6).encoder.state_dict()
+    torch.testing.assert_close(full["layer3.5.bn2.running_mean"], reference["layer3.5.bn2.running_mean"])
 
     missing = tmp_path / "nope.pth"
     with pytest.raises(MattingError, match=f"pretrained weights file {missing} does not exist"):

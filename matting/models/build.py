@@ -38,7 +38,10 @@ _COMMON_OPTIONS = {
 
 #: Encoder name -> {option: meaning}, the keyword options build_model accepts for it.
 ENCODER_OPTIONS: dict[str, dict[str, str]] = {
-    "resnet34": dict(_COMMON_OPTIONS),
+    "resnet34": {
+        **_COMMON_OPTIONS,
+        "layer3_blocks": "blocks of ResNet-34's layer3 that are kept (4: the official network; 6: all of them)",
+    },
     "mobilenetv2": {
         **_COMMON_OPTIONS,
         "width_mult": "MobileNetV2 width multiplier (ImageNet weights exist for 1.0 only)",
@@ -99,7 +102,12 @@ def build_model(
         raise MattingError(f"freeze_bn must be false, true or 'encoder', got {freeze_bn!r}")
 
     if encoder == "resnet34":
-        enc: nn.Module = ResNet34Encoder()
+        layer3_blocks = _positive_int("layer3_blocks", opts.get("layer3_blocks", 4))
+        if layer3_blocks > 6:
+            raise MattingError(
+                f"model option layer3_blocks must be 1..6 (ResNet-34's layer3 has 6), got {layer3_blocks}"
+            )
+        enc: nn.Module = ResNet34Encoder(layer3_blocks=layer3_blocks)
         default_context, default_decoder = 256, (128, 64, 64, 32)
     else:
         width_mult = opts.get("width_mult", 1.0)

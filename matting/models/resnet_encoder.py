@@ -7,7 +7,12 @@ Differences from the ImageNet network, all as in the official ``a2u_matting/resn
 - the first block of layer2 and of layer3 computes its first 3x3 conv BEFORE downsampling (stride 1), keeps
   that activation (``l10`` at /4, ``l20`` at /8: FADE's encoder features), and downsamples it with a 2x2/2
   max-pool before the second conv; the 1x1/2 shortcut is unchanged;
-- leaky ReLU (slope 0.01) instead of ReLU; layer4 and the classifier are dropped (output stride 16).
+- leaky ReLU (slope 0.01) instead of ReLU; layer4 and the classifier are dropped (output stride 16);
+- layer3 keeps its first 4 blocks, not 6: the official ``resnetmat()`` builds ResNet-34 with the block counts
+  ``[3, 4, 4, 2]`` (and never builds layer4), so its layer3 is the first conv block plus 3 more. That network
+  has 8.05M parameters with bilinear upsampling, and A2U's reported 8.09M is it plus A2U's 40k; with all 6
+  blocks it would have 10.41M. (``../shared/docs/fade.md`` says "5 more blocks": that is torchvision's
+  layer3, not the official network.) ``layer3_blocks=6`` keeps all of them.
 
 Parameter names are torchvision's (``conv1``, ``bn1``, ``layer1.0.conv1``, ...), so torchvision's ImageNet
 state dict loads directly (see :mod:`matting.models.pretrained`).
@@ -71,8 +76,10 @@ class ResNet34Encoder(nn.Module):
     out_channels = 256
     stage_channels = ((256, 128), (128, 64), (64, 64), (64, 4))
 
-    def __init__(self, in_channels: int = 4) -> None:
+    def __init__(self, in_channels: int = 4, layer3_blocks: int = 4) -> None:
         super().__init__()
+        if not 1 <= layer3_blocks <= 6:
+            raise ValueError(f"layer3_blocks must be in 1..6 (ResNet-34's layer3 has 6 blocks), got {layer3_blocks}")
         net = resnet34(weights=None)
         # torchvision's initialisation of the stem, kept for the new 4-channel conv.
         self.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=1, padding=3, bias=False)
@@ -85,7 +92,7 @@ class ResNet34Encoder(nn.Module):
         self.layer1 = net.layer1
         # The first blocks of layer2/3 become PreDownsampleBlocks; indices (hence state-dict keys) are kept.
         self.layer2 = nn.Sequential(PreDownsampleBlock(net.layer2[0]), *net.layer2[1:])
-        self.layer3 = nn.Sequential(PreDownsampleBlock(net.layer3[0]), *net.layer3[1:])
+        self.layer3 = nn.Sequential(PreDownsampleBlock(net.layer3[0]), *net.layer3[1:layer3_blocks])
 
     def backbone_modules(self) -> list[nn.Module]:
         """The modules that ImageNet weights initialise (all of them here)."""
