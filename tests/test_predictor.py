@@ -234,3 +234,20 @@ def test_channels_last_by_default_on_cpu_with_the_same_alpha():
     model.register_forward_pre_hook(lambda m, args: seen.append(args[0].is_contiguous(memory_format=layout)))
     np.testing.assert_allclose(fast.predict(image, trimap), plain.predict(image, trimap), atol=1e-6, rtol=0)
     assert seen == [True]
+
+
+def test_checkpoint_with_a_different_network_is_a_clear_error(tmp_path):
+    from matting.engine.checkpoint import atomic_torch_save
+    from matting.models import build_model
+
+    small = {"decoder_channels": [8, 8, 8, 8], "context_channels": 8, "aspp_channels": 8}
+    # A checkpoint of the 6-block layer3 whose config does not say so (written before layer3_blocks existed).
+    model = build_model("resnet34", "bilinear", layer3_blocks=6, **small)
+    path = tmp_path / "old.pth"
+    config = {"model": {"encoder": "resnet34", "upsampler": "bilinear", "options": small}}
+    atomic_torch_save({"format": 1, "model": model.state_dict(), "config": config, "step": 1}, path)
+    with pytest.raises(MattingError, match=rf"{path}: weights do not match .* model.options.layer3_blocks: 6$"):
+        Matter.from_checkpoint(path, "cpu")
+    config["model"]["options"] = {**small, "layer3_blocks": 6}
+    atomic_torch_save({"format": 1, "model": model.state_dict(), "config": config, "step": 1}, path)
+    assert len(Matter.from_checkpoint(path, "cpu").model.encoder.layer3) == 6

@@ -119,9 +119,14 @@ def model_from_checkpoint(
     model = build_model_from_config(ckpt["config"]["model"], pretrained=None)
     missing, unexpected = model.load_state_dict(ckpt["model"], strict=False)
     if missing or unexpected:
+        hint = ""
+        if not missing and all(k.startswith("encoder.layer3.") for k in unexpected):
+            # Written before resnet34 kept only the official network's 4 layer3 blocks (they were 6).
+            blocks = 1 + max(int(k.split(".")[2]) for k in unexpected)
+            hint = f"; it has {blocks} layer3 blocks: its config needs model.options.layer3_blocks: {blocks}"
         raise MattingError(
             f"{path}: weights do not match the network in its config "
-            f"(missing {len(missing)} e.g. {missing[:2]}, unexpected {len(unexpected)} e.g. {unexpected[:2]})"
+            f"(missing {len(missing)} e.g. {missing[:2]}, unexpected {len(unexpected)} e.g. {unexpected[:2]}){hint}"
         )
     info = {key: ckpt.get(key) for key in ("config", "step", "epoch", "best")}
     return model.to(device).eval(), info
