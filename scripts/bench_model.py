@@ -59,7 +59,7 @@ def run_case(case: dict) -> dict:
         return {"peak_mib": _peak_cpu_mib()}
 
     from matting.losses import MattingLoss
-    from matting.models import build_model, make_input
+    from matting.models import build_model, count_parameters, make_input
     from matting.utils.flops import count_macs
 
     device = torch.device(case["device"])
@@ -69,7 +69,7 @@ def run_case(case: dict) -> dict:
     ).to(device)
     layout = torch.channels_last if case["channels_last"] else torch.contiguous_format
     model.to(memory_format=layout)
-    params = sum(p.numel() for p in model.parameters())
+    params = count_parameters(model)
     h, w = case["height"], case["width"]
     result: dict = {"params": params, "threads": torch.get_num_threads()}
     if device.type == "cuda":

@@ -21,6 +21,7 @@ from matting.models import (
     InputSizeError,
     build_model,
     convert_sync_batchnorm,
+    count_parameters,
     make_input,
     model_costs,
     predict_alpha,
@@ -95,7 +96,7 @@ def test_resnet34_is_the_paper_network():
     assert [len(enc.layer1), len(enc.layer2), len(enc.layer3)] == [3, 4, 4]  # the official [3, 4, 4, 2]
     full = build_model("resnet34", "bilinear", layer3_blocks=6)
     assert len(full.encoder.layer3) == 6
-    assert sum(p.numel() for p in full.parameters()) - PARAMETERS["resnet34", "bilinear"] == 2 * 1_180_672
+    assert count_parameters(full) - PARAMETERS["resnet34", "bilinear"] == 2 * 1_180_672
     for bad in (0, 7, 2.5):
         with pytest.raises(MattingError, match="layer3_blocks"):
             build_model("resnet34", "bilinear", layer3_blocks=bad)
@@ -213,7 +214,7 @@ def test_aspp_options():
     assert model.context.project[0].in_channels == 4 * 256  # 1x1 + three dilated branches, no pooling
     assert model(torch.randn(1, 4, 32, 48)).shape == (1, 1, 32, 48)
     default = build_model("resnet34", "bilinear")
-    params = sum(p.numel() for p in default.parameters()) - sum(p.numel() for p in model.parameters())
+    params = count_parameters(default) - count_parameters(model)
     assert params == 256 * 256 + 2 * 256 + 256 * 256  # the pooling conv and BN, and the wider projection
     with pytest.raises(MattingError, match="aspp_dilations must be a list of 3"):
         build_model("resnet34", "bilinear", aspp_dilations=[1, 2])
@@ -439,10 +440,10 @@ def test_local_weights_file(tmp_path):
 @pytest.mark.parametrize("encoder,upsampler", sorted(PARAMETERS))
 def test_parameter_counts_match_the_readme(encoder, upsampler):
     model = build_model(encoder, upsampler)
-    assert sum(p.numel() for p in model.parameters()) == PARAMETERS[encoder, upsampler]
+    assert count_parameters(model) == PARAMETERS[encoder, upsampler]
     # Freezing BN turns parameters into frozen ones; the count does not change.
     frozen = build_model(encoder, upsampler, freeze_bn=True)
-    assert sum(p.numel() for p in frozen.parameters()) == PARAMETERS[encoder, upsampler]
+    assert count_parameters(frozen) == PARAMETERS[encoder, upsampler]
 
 
 def test_summary_parts_add_up():

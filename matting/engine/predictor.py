@@ -127,8 +127,8 @@ class Matter:
         tile_margin: context pixels around each tile (rounded up to the stride).
         channels_last: run the network in the channels-last memory layout (the model's weights are converted in
             place; values are the same up to float rounding). None (default): on CPU, where oneDNN's
-            convolutions run faster in that layout (resnet34 + FADE at 1024x1024 on 2 cores: 6.5 s instead
-            of 8.2 s, the same peak memory); not elsewhere.
+            convolutions run faster in that layout (resnet34 + FADE at 1024x1024 on 2 cores: 6.7 s instead
+            of 7.3 s, about the same peak memory); not elsewhere.
     """
 
     def __init__(

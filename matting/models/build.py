@@ -102,12 +102,12 @@ def build_model(
         raise MattingError(f"freeze_bn must be false, true or 'encoder', got {freeze_bn!r}")
 
     if encoder == "resnet34":
-        layer3_blocks = _positive_int("layer3_blocks", opts.get("layer3_blocks", 4))
-        if layer3_blocks > 6:
-            raise MattingError(
-                f"model option layer3_blocks must be 1..6 (ResNet-34's layer3 has 6), got {layer3_blocks}"
+        try:  # the encoder knows how many blocks there are; its ValueError becomes a config error here
+            enc: nn.Module = ResNet34Encoder(
+                layer3_blocks=_positive_int("layer3_blocks", opts.get("layer3_blocks", 4))
             )
-        enc: nn.Module = ResNet34Encoder(layer3_blocks=layer3_blocks)
+        except ValueError as exc:
+            raise MattingError(f"model option {exc}") from None
         default_context, default_decoder = 256, (128, 64, 64, 32)
     else:
         width_mult = opts.get("width_mult", 1.0)
