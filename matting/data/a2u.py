@@ -78,9 +78,10 @@ def affine_inverse_matrix(
 ) -> np.ndarray:
     """A2U's affine as the (2, 3) OUTPUT -> INPUT map that ``cv2.warpAffine`` takes with WARP_INVERSE_MAP.
 
-    The forward map, about the centre c = (W/2 + 0.5, H/2 + 0.5) (half a pixel right of and below the image's
-    centre), mirrors x and/or y, scales x by sx and y by sy, then applies L = [[cos(a+s), -sin(a+s)],
-    [sin a, cos a]] (a = angle, s = shear). Its inverse is diag(fx/sx, fy/sy) L^-1 with fx, fy = -1 for a
+    The forward map, about c = (W/2 + 0.5, H/2 + 0.5) (one pixel right of and below the image centre
+    ((W - 1)/2, (H - 1)/2) in OpenCV's pixel-centre coordinates, so a mirrored axis also moves by two pixels),
+    mirrors x and/or y, scales x by sx and y by sy, then applies L = [[cos(a+s), -sin(a+s)], [sin a, cos a]]
+    (a = angle, s = shear). Its inverse is diag(fx/sx, fy/sy) L^-1 with fx, fy = -1 for a
     mirrored axis, and the offset keeps c fixed. No translation.
 
     Args:
