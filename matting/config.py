@@ -49,7 +49,7 @@ class DataConfig:
     dataset_dir: str = _f("data/demo/Combined_Dataset", "Adobe's Combined_Dataset/ folder (training foregrounds)")
     train_bg_dir: str = _f("data/demo/train_bg", "training backgrounds (COCO train2014 for the real set)")
     use_bg_list: bool = _f(True, "take backgrounds from training_bg_names.txt; false: every image in train_bg_dir")
-    preset: str = _f("indexnet", "augmentation recipe", ("indexnet", "gca"))
+    preset: str = _f("indexnet", "augmentation recipe", ("indexnet", "gca", "a2u"))
     augment: dict = _f(
         {}, "overrides of the preset's fields (matting.data.augment.AugmentConfig), e.g. {crop_size: 160}"
     )

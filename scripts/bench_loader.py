@@ -4,7 +4,7 @@ Generates foregrounds of realistic size (1000-2000 px sides, JPEG like Adobe's t
 backgrounds (like COCO) in a temporary folder, then times each (preset, crop size, worker count) and prints a
 markdown table. The first max(1, workers) batches of every run are excluded (worker start-up, first reads).
 
-    .venv/bin/python scripts/bench_loader.py                      # both presets at their crops and at 160
+    .venv/bin/python scripts/bench_loader.py                      # every preset at its crop and at 160
     .venv/bin/python scripts/bench_loader.py --workers 0 2 4 --batches 20
 
 The loader keeps up with training when samples/s >= batch size / (seconds per training iteration). On a shared
@@ -92,15 +92,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--batches", type=int, default=10, help="timed batches per run (after the warm-up ones)")
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2])
-    parser.add_argument("--small-crop", type=int, default=160, help="also run both presets at this crop (0: skip)")
+    parser.add_argument("--small-crop", type=int, default=160, help="also run every preset at this crop (0: skip)")
     parser.add_argument("--cache", action="store_true", help="decode images once up front (CompositionDataset cache)")
     args = parser.parse_args(argv)
     if args.fgs < 1 or args.bgs < 1 or args.batch_size < 1 or args.batches < 1 or min(args.workers) < 0:
         raise MattingError("--fgs, --bgs, --batch-size and --batches must be >= 1 and --workers >= 0")
 
-    runs = [("indexnet", 320), ("gca", 512)]
+    runs = [("indexnet", 320), ("gca", 512), ("a2u", 512)]
     if args.small_crop:
-        runs += [("indexnet", args.small_crop), ("gca", args.small_crop)]
+        runs += [(preset, args.small_crop) for preset in ("indexnet", "gca", "a2u")]
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs visible, "
           f"torch {torch.__version__}, OpenCV {cv2.__version__}; cache={args.cache}; batch size {args.batch_size}, "
           f"{args.batches} timed batches per run\n")

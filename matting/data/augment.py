@@ -1,8 +1,15 @@
 """Online composition for training: one random geometric + photometric recipe applied to (fg, alpha, bg).
 
-Two recipes from the literature are named presets (``PRESETS``); ``make_augment_config(preset, **overrides)``
-derives a config from one of them (e.g. a smaller ``crop_size`` for CPU demos). ``CompositionAugment`` is the
-single place where fg, alpha, bg and trimap are coupled:
+Three named presets (``PRESETS``); ``make_augment_config(preset, **overrides)`` derives a config from one of them
+(e.g. a smaller ``crop_size`` for CPU demos) and ``build_augment(config)`` returns the callable for it:
+
+- ``a2u``: A2U matting's pipeline as its code runs it (``A2UConfig`` -> ``A2UAugment``, steps in
+  ``matting.data.a2u``): full-resolution nearest-neighbour warps, trimap before the crop, native-size
+  background, adaptive HSV jitter;
+- ``indexnet`` and ``gca``: this project's single-warp recipe (``AugmentConfig`` -> ``CompositionAugment``) with
+  IndexNet's and GCA-Matting's parameters. docs/data.md lists how they depart from the original pipelines.
+
+``CompositionAugment`` is the single place where fg, alpha, bg and trimap are coupled:
 
 1. (p = ``second_fg_p``) a second foreground is resized to the first one's size, follows the first one's
    geometry below, and is merged behind it in the output window in premultiplied form (``blend_foregrounds``);
@@ -47,17 +54,61 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields, replace
-from typing import Callable
+from typing import Callable, ClassVar
 
 import albumentations as A
 import cv2
 import numpy as np
 
-from matting.data.trimap import TRIMAP_KINDS
+from matting.data import a2u
+from matting.data.trimap import TRIMAP_KINDS, trimap_from_alpha_erode
 from matting.errors import MattingError
 
 SecondForeground = Callable[[], tuple[np.ndarray, np.ndarray]]
 """Returns a second (fg (h, w, 3) uint8 RGB, alpha (h, w) uint8); only called when the coin says so."""
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
+def _is_num(v) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+
+
+def _bad(cfg, key: str, what: str) -> MattingError:
+    return MattingError(f"augment.{key}: {what} (got {getattr(cfg, key)!r})")
+
+
+def _tuples_from_lists(cfg) -> None:
+    """Lists given for tuple fields (e.g. from YAML) become tuples, so a frozen config stays hashable."""
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        if isinstance(value, list):
+            object.__setattr__(cfg, f.name, tuple(value))
+
+
+def _check_fields(cfg, probabilities: tuple[str, ...], non_negative: tuple[str, ...], trimap_lo: int) -> None:
+    """The checks both configs share: ``trimap_range``, ``scale_range``, ``rotation_min_side``,
+    ``resize_fg_size`` and the named probability / non-negative fields. Raises MattingError naming the key."""
+    r = cfg.trimap_range
+    if len(r) != 2 or not all(_is_int(v) for v in r) or not trimap_lo <= r[0] <= r[1]:
+        raise _bad(cfg, "trimap_range", f"must be two integers [lo, hi] with {trimap_lo} <= lo <= hi")
+    for key in probabilities:
+        v = getattr(cfg, key)
+        if not _is_num(v) or not 0.0 <= v <= 1.0:
+            raise _bad(cfg, key, "must be a probability in [0, 1]")
+    for key in non_negative:
+        v = getattr(cfg, key)
+        if not _is_num(v) or v < 0:
+            raise _bad(cfg, key, "must be a number >= 0")
+    s = cfg.scale_range
+    if len(s) != 2 or not all(_is_num(v) for v in s) or not 0 < s[0] <= s[1]:
+        raise _bad(cfg, "scale_range", "must be two numbers [lo, hi] with 0 < lo <= hi")
+    for key in ("rotation_min_side", "resize_fg_size"):
+        v = getattr(cfg, key)
+        if not _is_int(v) or v < 1:
+            raise _bad(cfg, key, "must be a positive integer")
 
 
 @dataclass(frozen=True)
@@ -106,48 +157,25 @@ class AugmentConfig:
     val_shift: float = 0.1
     bg_downscale: bool = True
 
+    second_fg_may_be_itself: ClassVar[bool] = False
+    """The second foreground is drawn among the OTHER foregrounds (by the dataset)."""
+
     def __post_init__(self) -> None:
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, list):
-                object.__setattr__(self, f.name, tuple(value))
-
-        def bad(key: str, what: str) -> MattingError:
-            return MattingError(f"augment.{key}: {what} (got {getattr(self, key)!r})")
-
-        def is_int(v) -> bool:
-            return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-
-        def is_num(v) -> bool:
-            return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
-
-        if not is_int(self.crop_size) or self.crop_size < 8:
-            raise bad("crop_size", "must be an integer >= 8")
-        if not self.crop_scales or not all(is_num(s) and s > 0 for s in self.crop_scales):
-            raise bad("crop_scales", "must be a non-empty list of positive numbers")
+        _tuples_from_lists(self)
+        if not _is_int(self.crop_size) or self.crop_size < 8:
+            raise _bad(self, "crop_size", "must be an integer >= 8")
+        if not self.crop_scales or not all(_is_num(s) and s > 0 for s in self.crop_scales):
+            raise _bad(self, "crop_scales", "must be a non-empty list of positive numbers")
         if self.trimap not in TRIMAP_KINDS:
-            raise bad("trimap", f"must be one of {', '.join(TRIMAP_KINDS)}")
-        lo_t = 0 if self.trimap == "dt" else 1
-        r = self.trimap_range
-        if len(r) != 2 or not all(is_int(v) for v in r) or not lo_t <= r[0] <= r[1]:
-            raise bad("trimap_range", f"must be two integers [lo, hi] with {lo_t} <= lo <= hi")
-        for key in ("hflip_p", "vflip_p", "second_fg_p", "resize_fg_p", "hsv_p"):
-            v = getattr(self, key)
-            if not is_num(v) or not 0.0 <= v <= 1.0:
-                raise bad(key, "must be a probability in [0, 1]")
-        for key in ("rotation_deg", "shear_deg", "hue_shift_deg", "sat_shift", "val_shift"):
-            v = getattr(self, key)
-            if not is_num(v) or v < 0:
-                raise bad(key, "must be a number >= 0")
-        s = self.scale_range
-        if len(s) != 2 or not all(is_num(v) for v in s) or not 0 < s[0] <= s[1]:
-            raise bad("scale_range", "must be two numbers [lo, hi] with 0 < lo <= hi")
-        for key in ("rotation_min_side", "resize_fg_size"):
-            v = getattr(self, key)
-            if not is_int(v) or v < 1:
-                raise bad(key, "must be a positive integer")
+            raise _bad(self, "trimap", f"must be one of {', '.join(TRIMAP_KINDS)}")
+        _check_fields(
+            self,
+            probabilities=("hflip_p", "vflip_p", "second_fg_p", "resize_fg_p", "hsv_p"),
+            non_negative=("rotation_deg", "shear_deg", "hue_shift_deg", "sat_shift", "val_shift"),
+            trimap_lo=0 if self.trimap == "dt" else 1,
+        )
         if not isinstance(self.bg_downscale, bool):
-            raise bad("bg_downscale", "must be true or false")
+            raise _bad(self, "bg_downscale", "must be true or false")
 
     @property
     def windows(self) -> tuple[int, ...]:
@@ -161,7 +189,66 @@ class AugmentConfig:
         return max(self.windows)
 
 
-PRESETS: dict[str, AugmentConfig] = {
+@dataclass(frozen=True)
+class A2UConfig:
+    """A2U matting's training pipeline (``matting.data.a2u``, docs/data.md), step for step. Fields shared with
+    ``AugmentConfig`` mean the same; lists given for tuple fields become tuples.
+
+    Attributes:
+        crop_size: side of the square crop (A2U: 512). The crop centre keeps crop_size // 2 px from the border
+            and sources with a side <= crop_size are enlarged, so both rules scale with it. >= 20.
+        trimap_range: inclusive range of the two erosion kernel sizes (A2U: 1..29, drawn independently).
+        second_fg_p: probability of merging a second foreground behind the first (drawn among ALL foregrounds,
+            the first one included, as A2U does).
+        resize_fg_p, resize_fg_size: probability of resizing fg and alpha to resize_fg_size x resize_fg_size
+            (nearest, aspect ratio not kept) before the affine.
+        rotation_deg, rotation_min_side: rotation angle drawn from [-rotation_deg, rotation_deg] when the long
+            side is >= rotation_min_side, else no rotation.
+        scale_range: x and y scale factors, drawn independently.
+        shear_deg: shear angle drawn from [-shear_deg, shear_deg].
+        affine_flip_p: probability of mirroring each axis (x and y, independently) inside the affine.
+        hflip_p: probability of the extra horizontal mirror after the affine.
+        hue_shift_deg: the hue shift is an integer drawn from [-hue_shift_deg, hue_shift_deg - 1] degrees.
+    """
+
+    crop_size: int = 512
+    trimap_range: tuple[int, int] = (1, 29)
+    second_fg_p: float = 0.5
+    resize_fg_p: float = 0.25
+    resize_fg_size: int = 640
+    rotation_deg: float = 30.0
+    rotation_min_side: int = 1024
+    scale_range: tuple[float, float] = (0.8, 1.25)
+    shear_deg: float = 10.0
+    affine_flip_p: float = 0.5
+    hflip_p: float = 0.5
+    hue_shift_deg: int = 40
+
+    second_fg_may_be_itself: ClassVar[bool] = True
+    """The second foreground is drawn among ALL foregrounds, the first one included (by the dataset)."""
+
+    def __post_init__(self) -> None:
+        _tuples_from_lists(self)
+        if not _is_int(self.crop_size) or self.crop_size < 20:
+            raise _bad(self, "crop_size", "must be an integer >= 20")
+        if not _is_int(self.hue_shift_deg) or not 0 < self.hue_shift_deg <= 180:
+            raise _bad(self, "hue_shift_deg", "must be an integer in 1..180")
+        _check_fields(
+            self,
+            probabilities=("second_fg_p", "resize_fg_p", "affine_flip_p", "hflip_p"),
+            non_negative=("rotation_deg", "shear_deg"),
+            trimap_lo=1,
+        )
+        if self.shear_deg >= 90:
+            raise _bad(self, "shear_deg", "must be < 90")
+
+    @property
+    def windows(self) -> tuple[int, ...]:
+        """The window side: a plain crop, nothing resized after it."""
+        return (self.crop_size,)
+
+
+PRESETS: dict[str, AugmentConfig | A2UConfig] = {
     # IndexNet (Lu et al., ICCV 2019): crop 320/480/640 around an unknown pixel, resize to 320, horizontal flip,
     # distance-transform trimap 1..19 px.
     "indexnet": AugmentConfig(
@@ -171,8 +258,9 @@ PRESETS: dict[str, AugmentConfig] = {
         trimap_range=(1, 19),
         hflip_p=0.5,
     ),
-    # GCA-Matting (Li & Lu, AAAI 2020), also A2U: second-fg merge, resize to 640, affine with flips in both axes,
-    # erosion trimap 1..29, 512 crop around an unknown pixel, HSV jitter of the fg (hue +-40 deg as in GCA).
+    # This project's single-warp recipe with GCA-Matting's (Li & Lu, AAAI 2020) parameters: second-fg merge,
+    # resize to 640, affine with flips in both axes, erosion trimap 1..29, 512 crop, HSV jitter of the fg. It is
+    # neither GCA's nor A2U's pipeline (bicubic, trimap from the crop, fixed jitter...): docs/data.md lists how.
     "gca": AugmentConfig(
         crop_size=512,
         crop_scales=(1.0,),
@@ -192,18 +280,21 @@ PRESETS: dict[str, AugmentConfig] = {
         sat_shift=0.1,
         val_shift=0.1,
     ),
+    # A2U matting (Dai et al., CVPR 2021), as its code runs it: matting.data.a2u, A2UAugment.
+    "a2u": A2UConfig(),
 }
 
 
-def make_augment_config(preset: str, **overrides) -> AugmentConfig:
+def make_augment_config(preset: str, **overrides) -> AugmentConfig | A2UConfig:
     """The named preset with some fields replaced, e.g. ``make_augment_config("indexnet", crop_size=160)``.
 
     A smaller ``crop_size`` scales the whole window set (IndexNet at 160: windows 160/240/320 resized to 160).
+    The fields are those of the preset's class (``AugmentConfig``, or ``A2UConfig`` for ``a2u``).
     Raises MattingError for an unknown preset, an unknown field or a bad value, naming it.
     """
     if preset not in PRESETS:
         raise MattingError(f"augment preset {preset!r} is unknown; choose one of {', '.join(PRESETS)}")
-    known = {f.name for f in fields(AugmentConfig)}
+    known = {f.name for f in fields(PRESETS[preset])}
     for key in overrides:
         if key not in known:
             raise MattingError(f"augment.{key}: unknown option; known ones: {', '.join(sorted(known))}")
@@ -462,3 +553,96 @@ class CompositionAugment:
         ty = int(rng.integers(0, cover[0] - canvas[0] + 1))
         tx = int(rng.integers(0, cover[1] - canvas[1] + 1))
         return _resize_map(bg_hw, cover) @ _translate(tx, ty)
+
+
+class A2UAugment:
+    """A2U matting's pipeline (``matting.data.a2u``): same call and output as ``CompositionAugment``.
+
+    The random choices are drawn from ``rng`` in A2U's order: merge coin (and, inside ``second``, the partner),
+    640-resize coin, angle (only for a long side >= ``rotation_min_side``), x scale, y scale, shear, the two
+    affine mirrors, the extra horizontal mirror, the fg and bg erosion kernels, the crop corner, then the hue
+    shift and the saturation and value draws (no jitter draws when the crop's alpha is all zero).
+
+    Args:
+        config: the recipe.
+    """
+
+    def __init__(self, config: A2UConfig):
+        self.config = config
+
+    def __call__(
+        self,
+        fg: np.ndarray,
+        alpha: np.ndarray,
+        bg: np.ndarray,
+        rng: np.random.Generator,
+        second: SecondForeground | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Composes one training crop.
+
+        Args:
+            fg: (H, W, 3) uint8 RGB foreground.
+            alpha: (H, W) uint8 alpha of ``fg``.
+            bg: (h, w, 3) uint8 RGB background, any size.
+            rng: the only source of randomness.
+            second: called (at most once) for a second foreground when the merge coin says so.
+        Returns:
+            dict with, S = ``config.crop_size``: ``image``, ``fg``, ``bg``: (S, S, 3) float32 RGB in [0, 1]
+            (``image`` unclipped: float32 rounding can exceed 1 by ~1e-7); ``alpha``: (S, S) float32 in [0, 1];
+            ``trimap``: (S, S) uint8 in {0, 128, 255}; image == alpha * fg + (1 - alpha) * bg up to rounding.
+        """
+        cfg = self.config
+        _check_pair(fg, alpha, "foreground")
+        if bg.dtype != np.uint8 or bg.ndim != 3 or bg.shape[2] != 3:
+            raise ValueError(f"background: expected (h, w, 3) uint8, got {bg.shape} {bg.dtype}")
+        alpha = alpha.astype(np.float32) / 255
+        if rng.random() < cfg.second_fg_p and second is not None:
+            fg2, alpha2 = second()
+            _check_pair(fg2, alpha2, "second foreground")
+            fg, alpha = a2u.merge_second_foreground(fg, alpha, fg2, alpha2.astype(np.float32) / 255)
+        if rng.random() < cfg.resize_fg_p:
+            size = (cfg.resize_fg_size, cfg.resize_fg_size)
+            fg, alpha = a2u.resize_nearest(fg, size), a2u.resize_nearest(alpha, size)
+
+        fg, alpha = self._affine_and_flip(fg, alpha, rng)
+        lo, hi = cfg.trimap_range
+        k_fg, k_bg = int(rng.integers(lo, hi + 1)), int(rng.integers(lo, hi + 1))
+        trimap = trimap_from_alpha_erode(alpha, k_fg, k_bg)
+
+        crop = cfg.crop_size
+        bg = a2u.enlarge_to_cover(bg, alpha.shape)
+        fg, alpha, trimap, bg = a2u.upscale_small(fg, alpha, trimap, bg, crop)
+        corner = a2u.pick_crop_corner(trimap, crop, rng)
+        if (trimap == a2u.UNKNOWN).any():
+            fg, alpha, trimap, bg = a2u.cut_window((fg, alpha, trimap, bg), corner, crop)
+        else:
+            fg, alpha, trimap, bg = a2u.resize_all(fg, alpha, trimap, bg, crop)
+
+        if (alpha != 0).any():
+            hue = int(rng.integers(-cfg.hue_shift_deg, cfg.hue_shift_deg))
+            fg = a2u.hsv_jitter(fg, alpha, hue, float(rng.random()), float(rng.random()))
+        image, fg, bg, alpha = a2u.composite(fg, alpha, bg)
+        return {"image": image, "fg": fg, "bg": bg, "alpha": alpha, "trimap": np.ascontiguousarray(trimap)}
+
+    def _affine_and_flip(
+        self, fg: np.ndarray, alpha: np.ndarray, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The random affine (full size, nearest, zero border) and the extra horizontal mirror."""
+        cfg = self.config
+        angle = 0.0
+        if max(alpha.shape) >= cfg.rotation_min_side:
+            angle = rng.uniform(-cfg.rotation_deg, cfg.rotation_deg)
+        scale = (rng.uniform(*cfg.scale_range), rng.uniform(*cfg.scale_range))
+        shear = rng.uniform(-cfg.shear_deg, cfg.shear_deg)
+        # A2U keeps an axis when its draw is below 1 - p, so a draw >= 1 - p mirrors it.
+        mirror = tuple(bool(u >= 1 - cfg.affine_flip_p) for u in rng.random(2))
+        inverse = a2u.affine_inverse_matrix(alpha.shape, angle, scale, shear, mirror)
+        fg, alpha = a2u.warp_nearest(fg, inverse), a2u.warp_nearest(alpha, inverse)
+        if rng.random() < cfg.hflip_p:
+            fg, alpha = cv2.flip(fg, 1), cv2.flip(alpha, 1)
+        return fg, alpha
+
+
+def build_augment(config: AugmentConfig | A2UConfig) -> CompositionAugment | A2UAugment:
+    """The callable that turns (fg, alpha, bg, rng, second) into a training crop for this config."""
+    return A2UAugment(config) if isinstance(config, A2UConfig) else CompositionAugment(config)

@@ -13,7 +13,6 @@ Both datasets take plain lists of paths, or a release object via ``from_release`
 
 from __future__ import annotations
 
-import math
 import os
 import random
 from collections.abc import Sequence
@@ -25,7 +24,8 @@ import torch
 from torch.utils.data import Dataset
 
 from matting.data import io
-from matting.data.augment import AugmentConfig, CompositionAugment
+from matting.data.a2u import enlarge_to_cover
+from matting.data.augment import A2UConfig, AugmentConfig, build_augment
 from matting.data.release import load_fg_alpha
 from matting.data.trimap import trimap_from_alpha_dt
 from matting.errors import MattingError
@@ -60,8 +60,9 @@ class CompositionDataset(Dataset):
 
     Args:
         fg_paths, alpha_paths: foregrounds and their alphas, paired by position.
-        bg_paths: backgrounds; each sample draws one uniformly.
-        augment: the recipe (``matting.data.augment.make_augment_config``).
+        bg_paths: backgrounds; each sample draws one uniformly (the last one included).
+        augment: the recipe (``matting.data.augment.make_augment_config``). Its ``second_fg_may_be_itself``
+            says whether a second foreground is drawn among all foregrounds (A2U) or among the others.
         seed: >= 0; with the epoch (``set_epoch``) and the index it determines every sample.
         length: samples per epoch; default ``len(fg_paths) * 100``, the paper's 43,100 for 431 foregrounds.
             Sample i uses foreground ``i % len(fg_paths)``, so every foreground appears equally often.
@@ -70,7 +71,8 @@ class CompositionDataset(Dataset):
 
     Each item is a dict, S = ``augment.crop_size``: ``image``, ``fg``, ``bg``: (3, S, S) float32 RGB in [0, 1]
     (not ImageNet-normalised); ``alpha``: (1, S, S) float32 in [0, 1]; ``trimap``: (1, S, S) uint8 in
-    {0, 128, 255}; ``name``: the foreground's file stem. image == alpha * fg + (1 - alpha) * bg.
+    {0, 128, 255}; ``name``: the foreground's file stem. image == alpha * fg + (1 - alpha) * bg up to float32
+    rounding (the ``a2u`` preset does not clip it, so it can exceed 1 by ~1e-7).
 
     Missing files (all counted, the first 50 named, in one line), empty lists and unequal fg/alpha counts raise
     MattingError up front; a fg/alpha size mismatch, a 16-bit or an unreadable file raises MattingError naming
@@ -82,7 +84,7 @@ class CompositionDataset(Dataset):
         fg_paths: Sequence[str | os.PathLike],
         alpha_paths: Sequence[str | os.PathLike],
         bg_paths: Sequence[str | os.PathLike],
-        augment: AugmentConfig,
+        augment: AugmentConfig | A2UConfig,
         seed: int,
         length: int | None = None,
         cache: bool = False,
@@ -99,7 +101,7 @@ class CompositionDataset(Dataset):
         self.seed = int(seed)
         self.epoch = 0
         self.length = len(self.fg_paths) * DEFAULT_BGS_PER_FG if length is None else int(length)
-        self._compose = CompositionAugment(augment)
+        self._compose = build_augment(augment)
         self._pairs: list[tuple[np.ndarray, np.ndarray]] | None = None
         self._bgs: list[np.ndarray] | None = None
         if cache:
@@ -108,7 +110,7 @@ class CompositionDataset(Dataset):
 
     @classmethod
     def from_release(
-        cls, release, augment: AugmentConfig, seed: int, length: int | None = None, cache: bool = False
+        cls, release, augment: AugmentConfig | A2UConfig, seed: int, length: int | None = None, cache: bool = False
     ) -> "CompositionDataset":
         """From any object with ``fg_paths``, ``alpha_paths`` and ``bg_paths`` (e.g. a ``TrainingRelease``)."""
         return cls(release.fg_paths, release.alpha_paths, release.bg_paths, augment, seed, length, cache)
@@ -144,6 +146,8 @@ class CompositionDataset(Dataset):
         bg = self._bg(int(rng.integers(len(self.bg_paths))))
 
         def second() -> tuple[np.ndarray, np.ndarray]:
+            if self.augment.second_fg_may_be_itself:
+                return self._pair((f + int(rng.integers(n_fg))) % n_fg)
             other = (f + 1 + int(rng.integers(n_fg - 1))) % n_fg if n_fg > 1 else f
             return self._pair(other)
 
@@ -188,11 +192,7 @@ def background_for(bg: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
     """The background as Adobe's test script uses it: enlarged (bicubic, aspect kept) only when smaller than
     ``size_hw`` in a side, then its top-left ``size_hw`` corner. (H, W, 3) uint8."""
     h, w = size_hw
-    ratio = max(h / bg.shape[0], w / bg.shape[1])
-    if ratio > 1:
-        new_w, new_h = math.ceil(bg.shape[1] * ratio), math.ceil(bg.shape[0] * ratio)
-        bg = cv2.resize(bg, (new_w, new_h), interpolation=cv2.INTER_CUBIC)
-    return np.ascontiguousarray(bg[:h, :w])
+    return np.ascontiguousarray(enlarge_to_cover(bg, size_hw)[:h, :w])
 
 
 class ValidationDataset(Dataset):
