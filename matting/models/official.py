@@ -177,11 +177,11 @@ def load_official_a2u(source: str | os.PathLike | Mapping[str, Any], upsampler: 
     """
     from .build import build_model
 
+    config = official_model_config(upsampler)
     state, where = read_official_checkpoint(source)
     found = _detect_upsampler(state)
     if found is not None and found != upsampler:
         raise MattingError(f"{where}: holds an official resnet34+{found} network, not {upsampler}: use {found}")
-    config = official_model_config(upsampler)
     model = build_model(**config)
     names = official_module_names(upsampler)
     ours = model.state_dict()
