@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import functools
+import json
 import sys
 import types
 import typing
@@ -308,8 +310,8 @@ def _check_consistency(cfg: Config, where: str) -> None:
 
 def _check_lr_groups(cfg: Config, where: str) -> None:
     """``train.lr_groups``: a known name, or rules that between them take every trainable parameter of the
-    configured network (built on the meta device: no memory, no weights), each rule at least one."""
-    from matting.engine.schedule import LR_GROUP_CHOICES, assign_lr_multipliers, parse_lr_rules
+    configured network, each rule at least one."""
+    from matting.engine.schedule import LR_GROUP_CHOICES, match_lr_rules, parse_lr_rules
 
     value = cfg.train.lr_groups
     if isinstance(value, str):
@@ -318,24 +320,32 @@ def _check_lr_groups(cfg: Config, where: str) -> None:
                 f"{where}: 'train.lr_groups' must be {' or '.join(LR_GROUP_CHOICES)} or a list of rules, got {value!r}"
             )
         return
-    import torch
-
-    from matting.engine.checkpoint import build_model_from_config
-
     try:
         rules = parse_lr_rules(value)
     except ValueError as exc:
         raise MattingError(f"{where}: 'train.lr_groups' {exc}") from None
     try:
-        with torch.device("meta"):
-            model = build_model_from_config(cfg.to_dict()["model"], pretrained=None)
+        names = _trainable_names(json.dumps(cfg.to_dict()["model"], sort_keys=True))
     except MattingError as exc:
         raise MattingError(f"{where}: 'model': {exc}") from None
     try:
-        assign_lr_multipliers(model, rules)
+        match_lr_rules(list(names), rules)
     except ValueError as exc:
         name = f"{cfg.model.encoder}+{cfg.model.upsampler}"
         raise MattingError(f"{where}: 'train.lr_groups' for the {name} network: {exc}") from None
+
+
+@functools.lru_cache(maxsize=32)
+def _trainable_names(model_section: str) -> tuple[str, ...]:
+    """Names of the trainable parameters of the network a (JSON) ``model`` section builds. Built on the meta
+    device (no memory, no weights) and cached: the same network is checked for every config that uses it."""
+    import torch
+
+    from matting.engine.checkpoint import build_model_from_config
+
+    with torch.device("meta"):
+        model = build_model_from_config(json.loads(model_section), pretrained=None)
+    return tuple(n for n, p in model.named_parameters() if p.requires_grad)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -45,25 +45,21 @@ def rule_matches(pattern: str, name: str) -> bool:
     return fnmatchcase(name, pattern) or fnmatchcase(name, pattern + ".*")
 
 
-def assign_lr_multipliers(
-    model: nn.Module, rules: list[tuple[str, float]]
-) -> list[tuple[str, nn.Parameter, float, str]]:
-    """``(name, parameter, multiplier, pattern)`` for every trainable parameter: the first rule that matches it.
+def match_lr_rules(names: list[str], rules: list[tuple[str, float]]) -> list[tuple[float, str]]:
+    """``(multiplier, pattern)`` of the first rule that matches each parameter name, in the order of ``names``.
 
     Raises ValueError naming the parameters no rule matches, and the rules that take no parameter (a typo, a
-    module this network does not have, or a rule hidden by earlier ones). Frozen parameters are left out.
+    module this network does not have, or a rule hidden by earlier ones).
     """
     out, unmatched = [], []
     used = {pattern: 0 for pattern, _ in rules}
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
+    for name in names:
         hit = next(((pat, mult) for pat, mult in rules if rule_matches(pat, name)), None)
         if hit is None:
             unmatched.append(name)
             continue
         used[hit[0]] += 1
-        out.append((name, p, hit[1], hit[0]))
+        out.append((hit[1], hit[0]))
     if unmatched:
         more = f" and {len(unmatched) - 3} more" if len(unmatched) > 3 else ""
         raise ValueError(f"no rule matches parameter {', '.join(unmatched[:3])}{more}")
@@ -71,6 +67,16 @@ def assign_lr_multipliers(
     if idle:
         raise ValueError(f"rule {idle[0]!r} takes no parameter (no such module, or earlier rules take them all)")
     return out
+
+
+def assign_lr_multipliers(
+    model: nn.Module, rules: list[tuple[str, float]]
+) -> list[tuple[str, nn.Parameter, float, str]]:
+    """``(name, parameter, multiplier, pattern)`` for every trainable parameter of ``model`` (frozen ones are
+    left out), by :func:`match_lr_rules`, whose errors it raises."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    hits = match_lr_rules([n for n, _ in named], rules)
+    return [(n, p, mult, pattern) for (n, p), (mult, pattern) in zip(named, hits)]
 
 
 def lr_param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
