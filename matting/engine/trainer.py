@@ -11,6 +11,7 @@ CUDA kernels are not all deterministic).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import signal
 import sys
@@ -26,7 +27,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
-from matting.config import Config
+from matting.config import Config, ModelConfig
 from matting.engine.checkpoint import (
     atomic_torch_save,
     build_model_from_config,
@@ -233,7 +234,9 @@ class Trainer:
 
     def _resume(self, path: str | Path) -> None:
         ckpt = load_checkpoint(path, map_location=self.device)
-        old, new = ckpt["config"].get("model"), self.cfg.to_dict()["model"]
+        # Keys added to the model section since the checkpoint was written take their defaults (head, init).
+        old = {**dataclasses.asdict(ModelConfig()), **(ckpt["config"].get("model") or {})}
+        new = self.cfg.to_dict()["model"]
         if old != new:
             raise MattingError(f"{path}: the checkpoint's model config {old} differs from this config's {new}")
         unwrap(self.model).load_state_dict(ckpt["model"])
