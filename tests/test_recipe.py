@@ -13,7 +13,7 @@ import torchvision
 from torch import nn
 
 from matting.config import load_config
-from matting.engine.checkpoint import build_model_from_config
+from matting.engine.checkpoint import build_model_from_config, load_checkpoint
 from matting.engine.schedule import assign_lr_multipliers, lr_param_groups, parse_lr_rules
 from matting.engine.trainer import Trainer
 from matting.errors import MattingError
@@ -289,3 +289,15 @@ def test_test_set_curve_is_labelled_and_never_selects(tmp_path, tiny_data):  # n
     assert not (Path(cfg.output_dir) / "checkpoints" / "best.pth").exists()
     with pytest.raises(MattingError, match="test folder not found"):
         Trainer(load_config(tiny_config(tmp_path / "b", tiny_data), ["train.test_every=1", "data.test_dir=nope"]))
+
+
+def test_checkpoints_from_before_head_and_init_resume(tmp_path, tiny_data):  # noqa: F811 - fixture
+    cfg = load_config(tiny_config(tmp_path, tiny_data, iterations=2), ["data.val_count=0"])
+    Trainer(cfg, progress=False).fit(until=1)
+    latest = Path(cfg.output_dir) / "checkpoints" / "latest.pth"
+    ckpt = load_checkpoint(latest)
+    del ckpt["config"]["model"]["head"], ckpt["config"]["model"]["init"]  # as written before they existed
+    torch.save(ckpt, latest)
+    Trainer(cfg, resume=latest, progress=False).fit()
+    with pytest.raises(MattingError, match="differs from this config"):
+        Trainer(load_config(tiny_config(tmp_path, tiny_data), ["model.head=official"]), resume=latest)
