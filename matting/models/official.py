@@ -183,6 +183,14 @@ def load_official_a2u(source: str | os.PathLike | Mapping[str, Any], upsampler: 
     if found is not None and found != upsampler:
         raise MattingError(f"{where}: holds an official resnet34+{found} network, not {upsampler}: use {found}")
     model = build_model(**config)
+    mapped = _project_state(state, model, upsampler, where)
+    dtype = next(v.dtype for v in mapped.values() if v.is_floating_point())
+    model.to(dtype).load_state_dict(mapped)
+    return model.eval()
+
+
+def _project_state(state: Mapping[str, torch.Tensor], model: nn.Module, upsampler: str, where: str):
+    """An official state dict renamed to ``model``'s names, InPlace-ABN scales mapped; checked key by key."""
     names = official_module_names(upsampler)
     ours = model.state_dict()
     bn_modules = {n for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
@@ -202,7 +210,7 @@ def load_official_a2u(source: str | os.PathLike | Mapping[str, Any], upsampler: 
             f"{where}: {len(unmapped)} keys do not map to the official resnet34+{upsampler} network: "
             f"{_listing(unmapped)}"
         )
-    # InPlace-ABN versions before 1.0.x had no num_batches_tracked; it does not affect the forward.
+    # Older InPlace-ABN versions stored no num_batches_tracked; it does not affect the forward.
     for key in ours:
         if key.endswith(".num_batches_tracked"):
             mapped.setdefault(key, ours[key])
@@ -214,9 +222,7 @@ def load_official_a2u(source: str | os.PathLike | Mapping[str, Any], upsampler: 
              if v.shape != ours[k].shape]
     if wrong:
         raise MattingError(f"{where}: tensors of the wrong shape: {_listing(wrong, 2)}")
-    dtype = next(v.dtype for v in mapped.values() if v.is_floating_point())
-    model.to(dtype).load_state_dict(mapped)
-    return model.eval()
+    return mapped
 
 
 # ---------------------------------------------------------------------------------- inplace_abn's ImageNet file
