@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import functools
+import json
 import sys
 import types
 import typing
@@ -41,6 +43,8 @@ class ModelConfig:
     upsampler_options: dict = _f({}, "extra keyword arguments of the upsampler, e.g. {up_kernel_size: 5}")
     pretrained: str | None = _f(None, "null (from scratch), 'imagenet' (torchvision weights) or a local .pth file")
     freeze_bn: bool = _f(False, "keep the encoder's BatchNorm layers in eval mode with frozen parameters")
+    head: str = _f("one_conv", "prediction head (docs/network.md)", ("one_conv", "official"))
+    init: str = _f("per_module", "initialisation (docs/network.md)", ("per_module", "official"))
     options: dict = _f({}, "other keyword arguments of matting.models.build_model (e.g. width_mult)")
 
 
@@ -76,7 +80,14 @@ class TrainConfig:
     batch_size: int = _f(16, "samples per step, summed over all processes")
     optimizer: str = _f("adam", "optimiser", ("adam", "adamw", "sgd"))
     lr: float = _f(0.01, "learning rate of the decoder, context module, skips, upsamplers and head")
-    encoder_lr_mult: float = _f(0.01, "encoder learning rate = lr x this (the recipes train the encoder at 1e-4)")
+    encoder_lr_mult: float = _f(
+        0.01, "with lr_groups encoder_decoder: encoder learning rate = lr x this (the recipes: 1e-4)"
+    )
+    lr_groups: str | list = _f(
+        "encoder_decoder",
+        "learning rate per parameter: 'encoder_decoder' (ImageNet encoder at lr x encoder_lr_mult, the rest at "
+        "lr) or a list of [name pattern, lr multiplier], first match wins (docs/recipe.md)",
+    )
     betas: list = _f([0.9, 0.999], "Adam/AdamW betas")
     momentum: float = _f(0.9, "SGD momentum")
     weight_decay: float = _f(0.0, "weight decay")
@@ -92,6 +103,10 @@ class TrainConfig:
     log_every: int = _f(20, "iterations between scalar logs")
     image_every: int = _f(500, "iterations between TensorBoard image grids")
     val_every: int = _f(1000, "iterations between validation runs (needs data.val_count > 0)")
+    test_every: int | None = _f(
+        None, "iterations between evaluations ON THE TEST SET (data.test_dir), logged as test_set/*, never used "
+        "to pick best.pth; null: never (the official run: after each 6000-iteration epoch)"
+    )
     ckpt_every: int = _f(1000, "iterations between checkpoints (latest.pth)")
     best_metric: str = _f(
         "sad", "validation metric that selects best.pth (lower is better)", ("sad", "mse", "grad", "conn")
@@ -288,6 +303,49 @@ def _check_consistency(cfg: Config, where: str) -> None:
         raise MattingError(
             f"{where}: unknown 'model.upsampler' {cfg.model.upsampler!r} (known: {', '.join(available_upsamplers())})"
         )
+    if t.test_every is not None and t.test_every <= 0:
+        raise MattingError(f"{where}: 'train.test_every' must be a positive number of iterations or null")
+    _check_lr_groups(cfg, where)
+
+
+def _check_lr_groups(cfg: Config, where: str) -> None:
+    """``train.lr_groups``: a known name, or rules that between them take every trainable parameter of the
+    configured network, each rule at least one."""
+    from matting.engine.schedule import LR_GROUP_CHOICES, match_lr_rules, parse_lr_rules
+
+    value = cfg.train.lr_groups
+    if isinstance(value, str):
+        if value not in LR_GROUP_CHOICES:
+            raise MattingError(
+                f"{where}: 'train.lr_groups' must be {' or '.join(LR_GROUP_CHOICES)} or a list of rules, got {value!r}"
+            )
+        return
+    try:
+        rules = parse_lr_rules(value)
+    except ValueError as exc:
+        raise MattingError(f"{where}: 'train.lr_groups' {exc}") from None
+    try:
+        names = _trainable_names(json.dumps(cfg.to_dict()["model"], sort_keys=True))
+    except MattingError as exc:
+        raise MattingError(f"{where}: 'model': {exc}") from None
+    try:
+        match_lr_rules(list(names), rules)
+    except ValueError as exc:
+        name = f"{cfg.model.encoder}+{cfg.model.upsampler}"
+        raise MattingError(f"{where}: 'train.lr_groups' for the {name} network: {exc}") from None
+
+
+@functools.lru_cache(maxsize=32)
+def _trainable_names(model_section: str) -> tuple[str, ...]:
+    """Names of the trainable parameters of the network a (JSON) ``model`` section builds. Built on the meta
+    device (no memory, no weights) and cached: the same network is checked for every config that uses it."""
+    import torch
+
+    from matting.engine.checkpoint import build_model_from_config
+
+    with torch.device("meta"):
+        model = build_model_from_config(json.loads(model_section), pretrained=None)
+    return tuple(n for n, p in model.named_parameters() if p.requires_grad)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """Composition-1k evaluation at full resolution: ``python -m matting.evaluate [--data D] [--checkpoint C] [--out O]``.
 
-Follows ``docs/comp1k.md``: batch 1, reflect padding to the network's output stride, crop back, clamp to the
+Follows ``docs/protocol.md``: batch 1, reflect padding to the network's output stride, crop back, clamp to the
 trimap, round to 8 bits, official metrics (``matting.metrics``). Writes ``OUT/alpha/<name>.png``,
 ``OUT/metrics.csv`` and ``OUT/summary.json``, prints a table of the means next to the constant-0.5 baseline and,
 as its last line, the path of ``summary.json``. With no arguments it evaluates the demo test set with the latest

@@ -102,7 +102,7 @@ def test_resnet34_is_the_paper_network():
             build_model("resnet34", "bilinear", layer3_blocks=bad)
     assert enc.layer2[0].conv1.stride == (1, 1) and enc.layer3[0].conv1.stride == (1, 1)
     assert not hasattr(enc, "layer4") and not hasattr(enc, "fc")
-    # Decoder table of fade.md: (FADE width, skip conv in -> out, convs) per stage.
+    # Decoder table of docs/network.md: (FADE width, skip conv in -> out, convs) per stage.
     table = [(256, 128, (256, 128, 128)), (128, 64, (128, 64, 64)), (64, 64, (64, 64, 64)), (64, 4, (64, 32, 32))]
     for stage, (c, skip_in, (cin, cmid, cout)) in zip(model.decoder.stages, table):
         assert stage.up.channels == c and stage.en_proj is None

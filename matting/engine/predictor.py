@@ -1,7 +1,7 @@
 """The one inference path: full-resolution prediction of an alpha matte from an image and a trimap.
 
 Evaluation (``matting.evaluate``), inference (``matting.infer``), the trainer's validation and the export parity
-test all go through :class:`Matter`, so the Composition-1k test protocol (``docs/comp1k.md``) is implemented once:
+test all go through :class:`Matter`, so the Composition-1k test protocol (``docs/protocol.md``) is implemented once:
 
 1. reflect-pad the image and trimap on the bottom/right to a multiple of the network's output stride (numpy's
    ``reflect`` mode, which keeps reflecting back and forth when the pad is larger than the image, so tiny images
@@ -99,7 +99,7 @@ def _as_trimap(trimap: np.ndarray, name: str = "trimap") -> np.ndarray:
 
 
 def to_uint8_alpha(alpha: np.ndarray) -> np.ndarray:
-    """(H, W) float alpha in [0, 1] -> (H, W) uint8, ROUNDED (0.998 -> 255, not 254), as ``metrics.md`` requires."""
+    """(H, W) float alpha in [0, 1] -> (H, W) uint8, ROUNDED (0.998 -> 255, not 254), as docs/metrics.md requires."""
     return np.round(np.clip(alpha, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 

@@ -11,6 +11,7 @@ CUDA kernels are not all deterministic).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import signal
 import sys
@@ -26,7 +27,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
-from matting.config import Config
+from matting.config import Config, ModelConfig
 from matting.engine.checkpoint import (
     atomic_torch_save,
     build_model_from_config,
@@ -113,6 +114,7 @@ class Trainer:
 
         self.criterion = MattingLoss(cfg.loss.weights)
         self.train_set, self.val_items, self.val_desc = self._build_data()
+        self.test_items = self._build_test_set()
         self.sampler = EpochSampler(len(self.train_set), cfg.seed, self.dist.rank, self.dist.world_size)
         self.per_rank_batch = self._per_rank_batch()
         self.state = TrainState()
@@ -147,7 +149,10 @@ class Trainer:
         if self.cfg.train.channels_last:
             model = model.to(memory_format=torch.channels_last)
         if self.dist.enabled:
-            if self.cfg.train.sync_bn:
+            if self.cfg.train.sync_bn and self.device.type != "cuda":
+                self.log.warning("train.sync_bn ignored on %s: SyncBatchNorm needs CUDA; each process normalises "
+                                 "with its own batch", self.device)
+            elif self.cfg.train.sync_bn:
                 from matting.models import convert_sync_batchnorm
 
                 model = convert_sync_batchnorm(model)
@@ -177,6 +182,14 @@ class Trainer:
                 "held out from training"
             )
         return train_set, val_items, val_desc
+
+    def _build_test_set(self):
+        """The test set for ``train.test_every`` (None when off); a missing folder fails here, before training."""
+        if self.cfg.train.test_every is None:
+            return None
+        from matting.data.release import TestDataset, read_test_folder
+
+        return TestDataset(read_test_folder(self.cfg.data.test_dir))
 
     def _loader(self) -> DataLoader:
         from matting.data.train_dataset import worker_init_fn
@@ -221,7 +234,9 @@ class Trainer:
 
     def _resume(self, path: str | Path) -> None:
         ckpt = load_checkpoint(path, map_location=self.device)
-        old, new = ckpt["config"].get("model"), self.cfg.to_dict()["model"]
+        # Keys added to the model section since the checkpoint was written take their defaults (head, init).
+        old = {**dataclasses.asdict(ModelConfig()), **(ckpt["config"].get("model") or {})}
+        new = self.cfg.to_dict()["model"]
         if old != new:
             raise MattingError(f"{path}: the checkpoint's model config {old} differs from this config's {new}")
         unwrap(self.model).load_state_dict(ckpt["model"])
@@ -305,7 +320,11 @@ class Trainer:
 
     def validate(self) -> dict[str, Any] | None:
         """Scores the validation split (rank 0) with the same code as the test evaluation."""
-        if self.val_items is None:
+        return self._score(self.val_items)
+
+    def _score(self, items) -> dict[str, Any] | None:
+        """``evaluate``'s summary of ``items`` on rank 0 (None on the others, or when ``items`` is None)."""
+        if items is None:
             return None
         summary = None
         if self.dist.is_main:
@@ -315,23 +334,28 @@ class Trainer:
             model = unwrap(self.model)
             # The layout the model trains in: validation must not convert the training model's weights.
             matter = Matter(model, self.device, channels_last=self.cfg.train.channels_last)
-            summary = evaluate(matter, self.val_items, out_dir=None, progress=False,
+            summary = evaluate(matter, items, out_dir=None, progress=False,
                                workers=self.cfg.eval.workers)
             model.train()
         if self.dist.enabled:
             dist.barrier()
         return summary
 
-    def _after_validation(self, summary: dict[str, Any]) -> None:
+    def _report(self, summary: dict[str, Any], what: str, board_prefix: str) -> dict[str, float]:
+        """Logs an evaluation's failures and means (``what`` says which set) and writes them to TensorBoard."""
         means = summary["mean"]
-        metric = self.cfg.train.best_metric
         if summary.get("failed"):
-            self.log.warning("step %d: %d validation images failed: %s", self.state.step, summary["failed"],
+            self.log.warning("step %d: %d %s images failed: %s", self.state.step, summary["failed"], what,
                              "; ".join(f"{f['name']}: {f['error']}" for f in summary["failures"][:3]))
         scored = {k: means[k] for k in ("sad", "mse", "grad", "conn") if means.get(k) is not None}
-        self.log.info("step %d %s: %s", self.state.step, self.val_desc,
+        self.log.info("step %d %s: %s", self.state.step, what,
                       "  ".join(f"{k.upper()} {v:.4f}" for k, v in scored.items()) or "nothing scored")
-        self.board.scalars({f"val/{k}": v for k, v in scored.items()}, self.state.step)
+        self.board.scalars({f"{board_prefix}/{k}": v for k, v in scored.items()}, self.state.step)
+        return scored
+
+    def _after_validation(self, summary: dict[str, Any]) -> None:
+        metric = self.cfg.train.best_metric
+        scored = self._report(summary, self.val_desc, "val")
         value = scored.get(metric)
         if value is not None and value < self.state.best_value:
             self.state.best_value, self.state.best_step = value, self.state.step
@@ -357,6 +381,9 @@ class Trainer:
                       t.batch_size, t.iterations, self.out_dir)
         self.log.info("training on %d foregrounds (%d samples/epoch); %s",
                       len(self.train_set.fg_paths), len(self.train_set), self.val_desc)
+        self.log.info("learning rates (train.lr_groups): %s", "; ".join(
+            f"{g['name']} {g['lr']:.3g} ({sum(p.numel() for p in g['params']):,} values)"
+            for g in self.optimizer.param_groups))
         stop = {"signal": None}
         old_handlers = {}
 
@@ -410,6 +437,11 @@ class Trainer:
                     summary = self.validate()
                     if summary is not None:
                         self._after_validation(summary)
+                if self.test_items is not None and step % t.test_every == 0:
+                    summary = self._score(self.test_items)
+                    if summary is not None:
+                        self._report(summary, f"TEST SET {self.cfg.data.test_dir} ({len(self.test_items)} images; "
+                                     "reported only, never used to pick best.pth)", "test_set")
                 if step % t.ckpt_every == 0 or step == last:
                     self.save()
                 if stop["signal"] is not None:

@@ -13,18 +13,21 @@ H and W must be multiples of ``model.output_stride`` (16 for resnet34, 32 for mo
 
 from .aspp import ASPP
 from .batchnorm import FrozenBatchNorm2d, convert_sync_batchnorm, freeze_batchnorm
-from .build import ENCODER_OPTIONS, MODELS, build_model
+from .build import ENCODER_OPTIONS, HEAD_CHOICES, INIT_CHOICES, MODELS, build_model
 from .decoder import Decoder, DecoderStage
 from .matting_net import (
+    HEADS,
     IMAGENET_MEAN,
     IMAGENET_STD,
     InputSizeError,
     MattingHead,
     MattingNet,
+    OfficialHead,
     make_input,
     predict_alpha,
 )
 from .mobilenet_encoder import MobileNetV2Encoder
+from .official import load_official_a2u, official_model_config, official_module_names
 from .resnet_encoder import ResNet34Encoder
 from .summary import count_parameters, model_costs, summary
 
@@ -34,20 +37,27 @@ __all__ = [
     "DecoderStage",
     "ENCODER_OPTIONS",
     "FrozenBatchNorm2d",
+    "HEADS",
+    "HEAD_CHOICES",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "INIT_CHOICES",
     "InputSizeError",
     "MODELS",
     "MattingHead",
     "MattingNet",
     "MobileNetV2Encoder",
+    "OfficialHead",
     "ResNet34Encoder",
     "build_model",
     "convert_sync_batchnorm",
     "count_parameters",
     "freeze_batchnorm",
+    "load_official_a2u",
     "make_input",
     "model_costs",
+    "official_model_config",
+    "official_module_names",
     "predict_alpha",
     "summary",
 ]

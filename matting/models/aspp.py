@@ -34,9 +34,11 @@ class ASPP(nn.Module):
     context is one the network never saw, and its mattes get worse than on crops. Small dilations and no
     pooling keep the context module local, as the rest of the network is.
 
-    The pooling branch normalises after broadcasting to H x W rather than on the 1 x 1 map: the normalised
-    values are identical (the per-channel batch mean and biased variance of B broadcast copies equal those of
-    the B values), but it also trains with a batch of one, where BN on a 1 x 1 map raises.
+    The pooling branch normalises the 1 x 1 map, as the official code does, so that its BN sees B values per
+    channel and updates its running variance with the unbiased factor B / (B - 1) of the official run. A batch
+    of one (where BN on a 1 x 1 map raises) is normalised after broadcasting to H x W instead: the normalised
+    values are the same (B broadcast copies have the batch's mean and biased variance), only the running
+    variance is then updated with the factor H*W / (H*W - 1).
 
     Shapes: (B, in_channels, H, W) -> (B, out_channels, H, W).
     """
@@ -74,6 +76,10 @@ class ASPP(nn.Module):
         feats = [self.branch1x1(x)] + [b(x) for b in self.branches3x3]
         if self.pooling:
             h, w = x.shape[-2:]
-            pooled = self.pool_conv(x.mean(dim=(2, 3), keepdim=True)).expand(-1, -1, h, w)
-            feats.append(self.pool_act(self.pool_bn(pooled)))
+            pooled = self.pool_conv(x.mean(dim=(2, 3), keepdim=True))
+            if self.training and x.shape[0] == 1:
+                pooled = self.pool_act(self.pool_bn(pooled.expand(-1, -1, h, w)))
+            else:
+                pooled = self.pool_act(self.pool_bn(pooled)).expand(-1, -1, h, w)
+            feats.append(pooled)
         return self.dropout(self.project(torch.cat(feats, dim=1)))

@@ -14,12 +14,14 @@ from matting.upsamplers import UPSAMPLERS, available_upsamplers
 from .aspp import ASPP, aspp_dilations
 from .batchnorm import freeze_batchnorm
 from .decoder import Decoder
-from .matting_net import MattingHead, MattingNet
+from .layers import init_official
+from .matting_net import HEADS, MattingNet
 from .mobilenet_encoder import MobileNetV2Encoder
+from .official import inplace_abn_imagenet_to_torchvision, is_inplace_abn_imagenet
 from .pretrained import fetch_imagenet_state_dict, load_encoder_weights, read_state_dict
 from .resnet_encoder import ResNet34Encoder
 
-__all__ = ["MODELS", "ENCODER_OPTIONS", "build_model"]
+__all__ = ["MODELS", "ENCODER_OPTIONS", "HEAD_CHOICES", "INIT_CHOICES", "build_model"]
 
 #: Encoder name -> what the network is.
 MODELS: dict[str, str] = {
@@ -34,6 +36,20 @@ _COMMON_OPTIONS = {
     "aspp_dropout": "dropout after the ASPP (0.5 in the official code)",
     "aspp_dilations": "dilations of the three dilated ASPP branches (default: the official ones for the stride)",
     "aspp_pooling": "keep ASPP's image-pooling branch (true, as the official code; false for small training crops)",
+}
+
+#: ``head`` name -> what it is.
+HEAD_CHOICES: dict[str, str] = {
+    "one_conv": "one 3x3 conv C -> 1 with bias, initialised to zero (MattingHead)",
+    "official": "the official head: 3x3 conv C -> 1, BN(1) + leaky ReLU, 3x3 conv 1 -> 1, no biases (OfficialHead)",
+}
+
+#: ``init`` name -> what it does.
+INIT_CHOICES: dict[str, str] = {
+    "per_module": "each part its own: torchvision's for the encoder, Kaiming-normal for the new convs, the "
+    "upsamplers' published ones, the head's",
+    "official": "the official code's: every conv xavier_normal (gain of leaky ReLU 0.01), zero bias, BN 1/0, "
+    "at the end of construction; ImageNet weights are loaded over it",
 }
 
 #: Encoder name -> {option: meaning}, the keyword options build_model accepts for it.
@@ -68,6 +84,8 @@ def build_model(
     pretrained: str | os.PathLike | None = None,
     upsampler_options: Mapping[str, Any] | None = None,
     freeze_bn: bool | str = False,
+    head: str = "one_conv",
+    init: str = "per_module",
     options: Mapping[str, Any] | None = None,
     **kwargs: Any,
 ) -> MattingNet:
@@ -78,11 +96,16 @@ def build_model(
         upsampler: registry name of the upsampler used at every decoder stage ("fade", "bilinear", ...).
         pretrained: None (train from scratch), "imagenet" (torchvision's ImageNet weights, from the torch hub
             cache or downloaded; offline without the cache file: MattingError), or the path of a local .pth
-            file with torchvision-named weights. The trimap channel of the input conv starts at zero.
+            file with torchvision-named weights or, for resnet34, inplace_abn's ImageNet ResNet-34 (the file
+            the official code starts from). The trimap channel of the input conv starts at zero.
         upsampler_options: extra keyword arguments of the upsampler (e.g. ``{"up_kernel_size": 3}``).
         freeze_bn: True or "encoder": the encoder's ImageNet BatchNorm layers become
             :class:`~matting.models.batchnorm.FrozenBatchNorm2d` (running statistics and affine parameters
-            fixed, whatever ``model.train()`` says). False: all BN layers train.
+            fixed, whatever ``model.train()`` says). False: all BN layers train (batch statistics in
+            ``model.train()``, as the official run did).
+        head: "one_conv" (default) or "official", see ``HEAD_CHOICES``.
+        init: "per_module" (default) or "official", see ``INIT_CHOICES``. Order of construction: network,
+            then ``init``, then the ``pretrained`` encoder weights, then ``freeze_bn``.
         options: the config's ``model.options`` section; merged with ``kwargs`` (``kwargs`` win).
         **kwargs: encoder-specific options, see ``ENCODER_OPTIONS`` (e.g. ``width_mult=0.5``,
             ``decoder_channels=[...]``).
@@ -100,6 +123,9 @@ def build_model(
             raise MattingError(f"unknown option {key!r} for encoder {encoder!r}; options: {', '.join(known)}")
     if freeze_bn not in (False, True, "encoder"):
         raise MattingError(f"freeze_bn must be false, true or 'encoder', got {freeze_bn!r}")
+    for key, value, choices in (("head", head, HEAD_CHOICES), ("init", init, INIT_CHOICES)):
+        if value not in choices:
+            raise MattingError(f"model {key} must be one of {', '.join(choices)}, got {value!r}")
 
     if encoder == "resnet34":
         try:  # the encoder knows how many blocks there are; its ValueError becomes a config error here
@@ -119,9 +145,6 @@ def build_model(
         widths = [en for en, _ in enc.stage_channels]
         default_context, default_decoder = widths[0], (*widths[1:], widths[-1])
 
-    if pretrained is not None:
-        _load_pretrained(enc, encoder, pretrained, opts)
-
     n_stages = len(enc.stage_channels)
     context_channels = _positive_int("context_channels", opts.get("context_channels", default_context))
     decoder_channels = _int_list("decoder_channels", opts.get("decoder_channels", default_decoder), n_stages)
@@ -137,7 +160,11 @@ def build_model(
 
     context = ASPP(enc.out_channels, context_channels, dilations, aspp_channels, float(dropout), pooling)
     decoder = Decoder(context_channels, enc.stage_channels, decoder_channels, upsampler, upsampler_options)
-    model = MattingNet(enc, context, decoder, MattingHead(decoder.out_channels))
+    model = MattingNet(enc, context, decoder, HEADS[head](decoder.out_channels))
+    if init == "official":
+        init_official(model)
+    if pretrained is not None:
+        _load_pretrained(enc, encoder, pretrained, opts)
     if freeze_bn:
         for m in enc.backbone_modules():
             freeze_batchnorm(m)
@@ -153,6 +180,9 @@ def _load_pretrained(enc: nn.Module, encoder: str, pretrained: Any, opts: Mappin
             )
         load_encoder_weights(enc, fetch_imagenet_state_dict(encoder), encoder, f"ImageNet weights for {encoder}")
     elif isinstance(pretrained, (str, os.PathLike)):
-        load_encoder_weights(enc, read_state_dict(pretrained), encoder, f"pretrained weights file {pretrained}")
+        state = read_state_dict(pretrained)
+        if encoder == "resnet34" and is_inplace_abn_imagenet(state):  # the official code's ImageNet weights
+            state = inplace_abn_imagenet_to_torchvision(state)
+        load_encoder_weights(enc, state, encoder, f"pretrained weights file {pretrained}")
     else:
         raise MattingError(f"pretrained must be null, 'imagenet' or a file path, got {pretrained!r}")

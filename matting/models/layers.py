@@ -8,10 +8,13 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-__all__ = ["LEAKY_SLOPE", "ConvBNAct", "ResidualConvBlock", "init_new_conv"]
+__all__ = ["LEAKY_SLOPE", "OFFICIAL_INIT_GAIN", "ConvBNAct", "ResidualConvBlock", "init_new_conv", "init_official"]
 
 #: Negative slope of the leaky ReLU used throughout the paper's network.
 LEAKY_SLOPE = 0.01
+
+#: Gain of the official initialisation, ``calculate_gain("leaky_relu", 0.01)`` = sqrt(2 / (1 + 0.01^2)) ~ 1.4141.
+OFFICIAL_INIT_GAIN = nn.init.calculate_gain("leaky_relu", LEAKY_SLOPE)
 
 
 def init_new_conv(module: nn.Module) -> None:
@@ -26,6 +29,25 @@ def init_new_conv(module: nn.Module) -> None:
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
         elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+def init_official(module: nn.Module) -> None:
+    """The official network's initialisation (``_initialize_weights`` at the end of its constructor).
+
+    Every ``nn.Conv2d`` in ``module`` (encoder, context, decoder, skips, head AND the upsamplers' convolutions)
+    gets ``xavier_normal_`` weights with gain :data:`OFFICIAL_INIT_GAIN`, i.e. std = gain * sqrt(2 / (fan_in +
+    fan_out)), and zero biases; every BatchNorm gets weight 1 and bias 0 (running statistics are left alone).
+    The official rule is a type test on ``nn.Conv2d``, so transposed convolutions keep their own init. The
+    ImageNet weights, when used, are loaded after this (see :func:`matting.models.build_model`).
+    """
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.xavier_normal_(m.weight, OFFICIAL_INIT_GAIN)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine:
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
 

@@ -7,12 +7,16 @@ from torch import Tensor, nn
 
 from matting.errors import MattingError
 
+from .layers import LEAKY_SLOPE, init_new_conv
+
 __all__ = [
+    "HEADS",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "InputSizeError",
     "MattingHead",
     "MattingNet",
+    "OfficialHead",
     "make_input",
     "predict_alpha",
 ]
@@ -58,7 +62,7 @@ def make_input(image: Tensor, trimap: Tensor) -> Tensor:
 
 
 class MattingHead(nn.Sequential):
-    """The prediction head of ``../shared/docs/fade.md``: one 3x3 conv (C -> 1, with bias), linear output.
+    """The ``one_conv`` head: one 3x3 conv (C -> 1, with bias), linear output, initialised to zero.
 
     Shapes: (B, C, H, W) -> (B, 1, H, W), unbounded.
 
@@ -70,15 +74,40 @@ class MattingHead(nn.Sequential):
     head's weight gradient is not zero, so the head moves at the first step and the rest of the network gets
     gradients from the second.
 
-    The official IndexNet/A2U code adds a 1-channel BN + activation and a 1 -> 1 3x3 conv after this conv; that
-    bottleneck is a trap in training from scratch (once the last filter sums negative, positive alphas need the
-    activation's 0.01 leaky side and the network settles on ~0 over the unknown region), so it is not used.
+    The official network's head is :class:`OfficialHead` (``model.head: official``); its 1-channel bottleneck
+    is a trap in training from scratch (once the last filter sums negative, positive alphas need the
+    activation's 0.01 leaky side and the network settles on ~0 over the unknown region), which is why the demo
+    uses this one.
     """
 
     def __init__(self, in_channels: int) -> None:
         super().__init__(nn.Conv2d(in_channels, 1, 3, padding=1, bias=True))
         nn.init.zeros_(self[0].weight)
         nn.init.zeros_(self[0].bias)
+
+
+class OfficialHead(nn.Sequential):
+    """The official network's head (``pred`` in ``a2u_matting/resnet.py``), ``model.head: official``.
+
+        conv3x3 C -> 1 (no bias) -> BatchNorm(1) -> leaky ReLU 0.01 -> conv3x3 1 -> 1 (no bias)
+
+    Shapes: (B, C, H, W) -> (B, 1, H, W), unbounded. Submodules 0 (conv), 1 (BN), 2 (activation), 3 (conv).
+    Initialised as the project's other new layers (Kaiming-normal convs, BN 1/0); ``model.init: official``
+    re-initialises it with the rest of the network.
+    """
+
+    def __init__(self, in_channels: int) -> None:
+        super().__init__(
+            nn.Conv2d(in_channels, 1, 3, padding=1, bias=False),
+            nn.BatchNorm2d(1),
+            nn.LeakyReLU(LEAKY_SLOPE, inplace=True),
+            nn.Conv2d(1, 1, 3, padding=1, bias=False),
+        )
+        init_new_conv(self)
+
+
+#: ``model.head`` name -> head class (each built as ``cls(decoder_out_channels)``).
+HEADS: dict[str, type[nn.Module]] = {"one_conv": MattingHead, "official": OfficialHead}
 
 
 class MattingNet(nn.Module):

@@ -11,8 +11,8 @@ Differences from the ImageNet network, all as in the official ``a2u_matting/resn
 - layer3 keeps its first 4 blocks, not 6: the official ``resnetmat()`` builds ResNet-34 with the block counts
   ``[3, 4, 4, 2]`` (and never builds layer4), so its layer3 is the first conv block plus 3 more. That network
   has 8.05M parameters with bilinear upsampling, and A2U's reported 8.09M is it plus A2U's 40k; with all 6
-  blocks it would have 10.41M. (``../shared/docs/fade.md`` says "5 more blocks": that is torchvision's
-  layer3, not the official network.) ``layer3_blocks=6`` keeps all of them.
+  blocks it would have 10.41M (torchvision's layer3 has 6). ``layer3_blocks=6`` keeps all of them.
+  docs/network.md describes the network layer by layer.
 
 Parameter names are torchvision's (``conv1``, ``bn1``, ``layer1.0.conv1``, ...), so torchvision's ImageNet
 state dict loads directly (see :mod:`matting.models.pretrained`).
