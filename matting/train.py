@@ -1,4 +1,4 @@
-"""Train a matting network: ``python -m matting.train --config configs/demo.yaml [--resume [CKPT]] [key.sub=value ...]``.
+"""Train a matting network: ``python -m matting.train --config C.yaml [--resume [CKPT]] [key.sub=value ...]``.
 
 Several processes: ``torchrun --nproc_per_node N -m matting.train --config ...`` (NCCL on CUDA, gloo on CPU).
 """
