@@ -115,6 +115,7 @@ def test_resume_is_exact(tmp_path, tiny_data):
         assert torch.equal(a[key], b[key]), key
     ckpt = load_checkpoint(latest)
     assert ckpt["step"] == 4 and ckpt["config"]["model"]["upsampler"] == "fade"
+    assert torch.serialization.get_unsafe_globals_in_checkpoint(latest) == []  # weights-only loadable as written
     assert set(ckpt) >= {"optimizer", "scheduler", "scaler", "rng", "best", "epoch"}
     # Validation ran on the held-out split and picked a best checkpoint.
     assert (Path(stopped.output_dir) / "checkpoints" / "best.pth").is_file()

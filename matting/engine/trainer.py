@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from matting.config import Config
 from matting.engine.checkpoint import (
+    CHECKPOINT_FORMAT,
     atomic_torch_save,
     build_model_from_config,
     load_checkpoint,
@@ -93,6 +94,8 @@ class Trainer:
 
     def __init__(self, cfg: Config, resume: str | Path | None = None, progress: bool = True):
         self.cfg = cfg
+        # First, so that a bad checkpoint is refused before anything is built or written.
+        checkpoint = load_checkpoint(resume, map_location="cpu") if resume is not None else None
         self.dist: DistInfo = init_distributed(resolve_device(cfg.device))
         self.device = self._device()
         self.out_dir = Path(cfg.output_dir)
@@ -116,8 +119,8 @@ class Trainer:
         self.sampler = EpochSampler(len(self.train_set), cfg.seed, self.dist.rank, self.dist.world_size)
         self.per_rank_batch = self._per_rank_batch()
         self.state = TrainState()
-        if resume is not None:
-            self._resume(resume)
+        if checkpoint is not None:
+            self._resume(checkpoint, resume)
 
     # ---------------------------------------------------------------------------------------------- set-up
 
@@ -199,7 +202,7 @@ class Trainer:
 
     def _checkpoint(self) -> dict[str, Any]:
         return {
-            "format": 1,
+            "format": CHECKPOINT_FORMAT,
             "model": unwrap(self.model).state_dict(),
             "config": self.cfg.to_dict(),
             "step": self.state.step,
@@ -219,8 +222,7 @@ class Trainer:
             atomic_torch_save(self._checkpoint(), path)
         return path
 
-    def _resume(self, path: str | Path) -> None:
-        ckpt = load_checkpoint(path, map_location=self.device)
+    def _resume(self, ckpt: dict[str, Any], path: str | Path) -> None:
         old, new = ckpt["config"].get("model"), self.cfg.to_dict()["model"]
         if old != new:
             raise MattingError(f"{path}: the checkpoint's model config {old} differs from this config's {new}")
@@ -229,7 +231,7 @@ class Trainer:
         self.scheduler.load_state_dict(ckpt["scheduler"])
         if self.scaler is not None and ckpt.get("scaler") is not None:
             self.scaler.load_state_dict(ckpt["scaler"])
-        set_rng_state({k: (v.cpu() if torch.is_tensor(v) else v) for k, v in ckpt["rng"].items()})
+        set_rng_state(ckpt["rng"])
         best = ckpt.get("best") or {}
         self.state = TrainState(
             step=ckpt["step"], epoch=ckpt["epoch"],
