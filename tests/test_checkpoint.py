@@ -90,7 +90,7 @@ def test_every_command_refuses_code_in_a_checkpoint(evil, tmp_path, capsys):
     config.write_text(f"output_dir: {tmp_path / 'run'}\ndevice: cpu\n")
     commands = [
         (infer_main, ["--checkpoint", str(path), "--image", str(first), "--trimap",
-                      str(tmp_path / "test" / "trimaps" / first.name), "--out", str(tmp_path / "o"), "--device", "cpu"]),
+                      str(tmp_path / "test" / "trimaps" / first.name), "--out", str(tmp_path / "o")]),
         (evaluate_main, ["--checkpoint", str(path), "--data", str(tmp_path / "test"), "--out", str(tmp_path / "e"),
                          "--device", "cpu", "--no-progress"]),
         (export_main, ["--checkpoint", str(path), "--format", "torchscript", "--out", str(tmp_path / "m.pt")]),
