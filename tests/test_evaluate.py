@@ -234,3 +234,24 @@ def test_eval_script_runs_the_module_from_any_directory(tmp_path):
     )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().startswith("error: ") and "c.pth" in proc.stderr
+
+
+def test_cli_counts_a_truncated_jpeg_as_failed(tmp_path, checkpoint, capsys):
+    """libjpeg fills a cut-off JPEG with grey and exits fine; the image must fail, named, not be scored."""
+    import cv2
+
+    from matting.evaluate import main
+
+    items = make_test_folder(tmp_path / "test")
+    merged = tmp_path / "test" / "merged"
+    (merged / "fg1_0.png").unlink()
+    cv2.imwrite(str(merged / "fg1_0.jpg"), items[2]["image"])
+    data = (merged / "fg1_0.jpg").read_bytes()
+    (merged / "fg1_0.jpg").write_bytes(data[: len(data) * 2 // 3])
+    out = tmp_path / "eval"
+    args = ["--data", str(tmp_path / "test"), "--checkpoint", str(checkpoint), "--out", str(out)]
+    assert main([*args, "--device", "cpu", "--workers", "0", "--no-progress"]) == 1
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["count"] == 3 and summary["failed"] == 1
+    assert f"{merged / 'fg1_0.jpg'}: truncated JPEG" in summary["failures"][0]["error"]
+    assert "Premature end of JPEG" not in capsys.readouterr().err

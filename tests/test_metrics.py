@@ -776,3 +776,14 @@ def test_non_contiguous_views_give_the_same_values():
     assert compute_metrics(stacked[..., 0], stacked[..., 1], stacked[..., 2]) == expected
     fortran = [np.asfortranarray(a) for a in (p, g, t)]
     assert compute_metrics(*fortran) == expected
+
+
+def test_cli_truncated_prediction_is_a_one_line_error(tmp_path, capsys):
+    _dataset(tmp_path, n_fg=1, n_k=2)
+    pred_dir, alpha_dir, trimap_dir = _dirs(tmp_path)
+    data = (pred_dir / "fg0_1.png").read_bytes()
+    (pred_dir / "fg0_1.png").write_bytes(data[:-20])  # cut inside the last chunk
+    code = main(["--pred", str(pred_dir), "--gt", str(alpha_dir), "--trimap", str(trimap_dir), "--no-progress",
+                 "--workers", "1"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and f"{pred_dir / 'fg0_1.png'}: truncated PNG" in err

@@ -247,3 +247,22 @@ def test_resume_cli_with_overrides_on_both_sides(tmp_path, tiny_data, capsys):
     assert load_checkpoint(latest)["step"] == 3
     assert main(["--config", str(cfg), "--resume", str(tmp_path / "nope.pth"), "--no-progress"]) == 2
     assert "nope.pth: checkpoint not found" in capsys.readouterr().err
+
+
+def test_truncated_training_image_is_a_one_line_error(tmp_path, tiny_data, capsys):
+    """The error comes from a data-loader worker process; it must still be one line naming the file."""
+    import shutil
+
+    from matting.train import main
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data / "Combined_Dataset", data / "Combined_Dataset")
+    shutil.copytree(tiny_data / "train_bg", data / "train_bg")
+    for fg in (data / "Combined_Dataset").rglob("Training_set/*/fg/*"):
+        fg.write_bytes(fg.read_bytes()[:-30])
+    cfg = tiny_config(tmp_path, data, iterations=2)
+    code = main(["--config", str(cfg), "--no-progress", "data.val_count=0", "data.num_workers=1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert err[-1].startswith("error: ") and "/fg/" in err[-1] and ": truncated " in err[-1], err
+    assert not any("Traceback" in line for line in err), err

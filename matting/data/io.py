@@ -11,6 +11,10 @@ remember which library read the file:
   mapped by thresholds (< 85 -> 0, > 170 -> 255, else 128) with a warning.
 - ``write_png(path, array)``: atomic (temporary file + rename), so an interrupted run never leaves a truncated PNG.
 
+Every reader goes through ``read_image_bytes``, which refuses a truncated JPEG or PNG (an interrupted copy or
+download): libjpeg decodes a cut-off JPEG with its missing part grey and only prints a line on stderr, so the
+file is checked for its end (JPEG: the end-of-image marker after the last scan; PNG: the IEND chunk).
+
 16-bit and palette PNGs are rejected by default because they silently change values: a 16-bit alpha read as
 8-bit by a careless reader is off by 256x, a palette PNG's indices are not grey levels.
 """
@@ -18,7 +22,9 @@ remember which library read the file:
 from __future__ import annotations
 
 import contextlib
+import io
 import os
+import re
 import struct
 import warnings
 from pathlib import Path
@@ -38,21 +44,87 @@ _PNG_PALETTE = 3
 def png_header(path: str | os.PathLike) -> tuple[int, int] | None:
     """Returns (bit_depth, colour_type) of a PNG file, or None if the file is not a PNG."""
     with open(path, "rb") as f:
-        head = f.read(26)
+        return _png_header(f.read(26))
+
+
+def _png_header(head: bytes) -> tuple[int, int] | None:
     if len(head) < 26 or not head.startswith(_PNG_SIGNATURE):
         return None
     bit_depth, colour_type = struct.unpack(">BB", head[24:26])
     return bit_depth, colour_type
 
 
-def _imread(path: str | os.PathLike, *, allow_palette: bool) -> np.ndarray:
+# A JPEG marker: 0xFF (plus fill bytes 0xFF), then a code that is neither 0x00 (a stuffed data byte) nor 0xFF.
+_JPEG_MARKER = re.compile(rb"\xff+([^\x00\xff])")
+_JPEG_EOI, _JPEG_SOS = 0xD9, 0xDA
+_JPEG_STANDALONE = {0x01, *range(0xD0, 0xD8)}  # TEM and restart markers carry no length
+
+
+def _jpeg_complete(data: bytes) -> bool:
+    """True if a JPEG's segments are all inside ``data`` and an end-of-image marker follows its first scan.
+
+    The segments before the first scan (metadata, tables) are walked by their lengths, so an end marker inside
+    them (an embedded thumbnail's) does not count. After that, entropy-coded data never holds the bytes FF D9
+    (a data byte FF is always followed by 00), so the end marker is simply searched for, from the end of the
+    file (where it is, unless bytes follow it): a full scan of the data would cost as much as decoding it.
+    """
+    pos, n = 2, len(data)
+    while True:
+        match = _JPEG_MARKER.search(data, pos)  # also skips stray bytes between segments, as libjpeg does
+        if match is None:
+            return False
+        code, pos = match.group(1)[0], match.end()
+        if code == _JPEG_EOI:
+            return False  # an image without a scan
+        if code in _JPEG_STANDALONE:
+            continue
+        if pos + 2 > n:
+            return False
+        pos += int.from_bytes(data[pos : pos + 2], "big")
+        if pos > n:
+            return False
+        if code == _JPEG_SOS:
+            return data.rfind(b"\xff\xd9", pos) >= 0
+
+
+def _png_complete(data: bytes) -> bool:
+    """True if a PNG's chunks, each of the length it declares, run up to an IEND chunk inside ``data``."""
+    pos, n = len(_PNG_SIGNATURE), len(data)
+    while pos + 8 <= n:
+        length, kind = int.from_bytes(data[pos : pos + 4], "big"), data[pos + 4 : pos + 8]
+        pos += 12 + length  # length, type, data, CRC
+        if pos > n:
+            return False
+        if kind == b"IEND":
+            return True
+    return False
+
+
+def read_image_bytes(path: str | os.PathLike) -> bytes:
+    """The bytes of an image file, for a decoder; a truncated JPEG or PNG is a MattingError naming the file.
+
+    Other formats are left to the decoders, which reject a truncated file themselves.
+    """
     p = Path(path)
     if not p.is_file():
         raise MattingError(f"{p}: file not found")
-    header = png_header(p)
+    data = p.read_bytes()
+    if data.startswith(b"\xff\xd8\xff") and not _jpeg_complete(data):
+        raise MattingError(f"{p}: truncated JPEG (the file ends before its image data does: an interrupted copy "
+                           "or download?); replace it with a complete copy")
+    if data.startswith(_PNG_SIGNATURE) and not _png_complete(data):
+        raise MattingError(f"{p}: truncated PNG (the file ends before its image data does: an interrupted copy "
+                           "or download?); replace it with a complete copy")
+    return data
+
+
+def _imread(path: str | os.PathLike, *, allow_palette: bool) -> np.ndarray:
+    p = Path(path)
+    data = read_image_bytes(p)
+    header = _png_header(data[:26])
     if header is not None and header[1] == _PNG_PALETTE and not allow_palette:
         raise MattingError(f"{p}: palette (indexed-colour) PNG; save it as 8-bit grayscale or RGB")
-    img = cv2.imread(str(p), cv2.IMREAD_UNCHANGED)
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) if data else None
     if img is None:
         raise MattingError(f"{p}: not a readable image (corrupt or unsupported format)")
     return img
@@ -221,13 +293,12 @@ def read_rgb_pil(path: str | os.PathLike) -> "PIL.Image.Image":  # noqa: F821 (P
     from PIL import Image, UnidentifiedImageError
 
     p = Path(path)
-    if not p.is_file():
-        raise MattingError(f"{p}: file not found")
-    header = png_header(p)
+    data = read_image_bytes(p)
+    header = _png_header(data[:26])
     if header is not None and header[0] == 16:
         raise MattingError(f"{p}: 16-bit image; 8-bit (0..255) is required here")
     try:
-        with Image.open(p) as im:
+        with Image.open(io.BytesIO(data)) as im:
             if im.mode in _PIL_WIDE_MODES:
                 raise MattingError(f"{p}: {im.mode} image with more than 8 bits per channel; 8-bit is required")
             im.load()

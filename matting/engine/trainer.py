@@ -46,6 +46,17 @@ class TrainingDiverged(MattingError):
     """The loss became NaN or infinite; nothing was saved from the broken state."""
 
 
+def _one_line(exc: Exception) -> Exception:
+    """A user error raised in a data-loader worker arrives with the worker's traceback folded into its message;
+    this gives back the one-line original (other exceptions, bugs, are returned unchanged)."""
+    text = str(exc).strip()
+    if not isinstance(exc, MattingError) or "\n" not in text:
+        return exc
+    last = text.splitlines()[-1]
+    prefix = f"{type(exc).__module__}.{type(exc).__qualname__}: "
+    return type(exc)(last.removeprefix(prefix))
+
+
 class EpochSampler(Sampler[int]):
     """A permutation of ``range(n)`` that depends only on (seed, epoch), split across ranks, that can start
     part-way through an epoch (for exact resumption without replaying the data).
@@ -380,10 +391,10 @@ class Trainer:
             while self.state.step < last:
                 try:
                     batch = self._to_device(next(batches))
-                except Exception:
+                except Exception as exc:
                     # Ctrl-C also reaches the loader's workers, which then die: that is the stop, not a crash.
                     if stop["signal"] is None:
-                        raise
+                        raise _one_line(exc) from None
                     batch = None
                 if batch is None:
                     self._stop_on_signal(stop["signal"])
