@@ -35,3 +35,11 @@ def cli(main: Callable[..., int | None]) -> Callable[..., int]:
         return int(code or 0)
 
     return wrapper
+
+
+class OutputError(MattingError):
+    """A result could not be written (a full disk, a folder that became read-only, a lost network mount).
+
+    The message names the file and the reason; whoever catches it adds what was kept. Loops over many items
+    stop on it instead of going on: the next write would fail the same way.
+    """

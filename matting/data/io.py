@@ -26,13 +26,15 @@ import io
 import os
 import re
 import struct
+import tempfile
 import warnings
 from pathlib import Path
+from typing import Iterable
 
 import cv2
 import numpy as np
 
-from matting.errors import MattingError
+from matting.errors import MattingError, OutputError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -211,17 +213,20 @@ def atomic_path(path: str | os.PathLike, suffix: str = ""):
     """Yields a temporary path next to ``path``; on success it is renamed over ``path``, on failure removed.
 
     ``suffix`` keeps the extension that encoders such as ``cv2.imwrite`` choose the format by. An interrupted
-    run therefore never leaves a truncated file under the final name.
+    run therefore never leaves a truncated file under the final name. An ``OSError`` (full disk, no permission)
+    becomes an :class:`OutputError` naming ``path``; the previous file there, if any, is unchanged.
     """
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_name(f".{p.name}.tmp{os.getpid()}{suffix}")
     try:
+        p.parent.mkdir(parents=True, exist_ok=True)
         yield tmp
         os.replace(tmp, p)
+    except OSError as exc:
+        raise OutputError(f"{p}: could not write ({exc.strerror or exc})") from None
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
 
 
 def _imwrite(path: str | os.PathLike, image: np.ndarray, suffix: str, params: list[int]) -> None:
@@ -231,7 +236,7 @@ def _imwrite(path: str | os.PathLike, image: np.ndarray, suffix: str, params: li
         image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR if image.shape[2] == 3 else cv2.COLOR_RGBA2BGRA)
     with atomic_path(path, suffix) as tmp:
         if not cv2.imwrite(str(tmp), image, params):
-            raise MattingError(f"{path}: could not write the image")
+            raise OutputError(f"{path}: could not write the image (full disk or no permission?)")
 
 
 def write_png(path: str | os.PathLike, image: np.ndarray) -> None:
@@ -321,3 +326,54 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     """Writes a UTF-8 text file atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Output locations, checked before the work that fills them
+
+
+def check_writable_dir(path: str | os.PathLike, what: str = "outputs") -> None:
+    """Raises a MattingError naming ``path`` unless it is a folder that can be written to, or can be created.
+
+    Creates nothing that is not there (a failed start leaves no empty folder): a missing folder is judged by
+    its nearest existing parent, where a temporary file is created and removed.
+    """
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise MattingError(f"{p}: exists and is not a folder; {what} need a folder here")
+    existing = p
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise MattingError(f"{p}: cannot be created, {existing} is a file, not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=existing)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise MattingError(f"{p}: cannot write here ({exc.strerror or exc})") from None
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    if a.exists() and b.exists():
+        return os.path.samefile(a, b)  # also through links and case-insensitive file systems
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def check_not_inputs(outputs: Iterable[str | os.PathLike], inputs: Iterable[str | os.PathLike]) -> None:
+    """Raises a MattingError if an output path is one of the input files (writing would destroy it)."""
+    sources = [Path(i) for i in inputs]
+    for out in map(Path, outputs):
+        for source in sources:
+            if _same_file(out, source):
+                raise MattingError(f"{out}: is an input ({source}); refusing to write there, choose another --out")
+
+
+def check_output_file(path: str | os.PathLike, what: str, inputs: Iterable[str | os.PathLike] = ()) -> None:
+    """Checks before any work that ``path`` can be written as a file: not a folder, not one of ``inputs``, in a
+    folder that is writable or can be created. Raises a MattingError naming the problem."""
+    p = Path(path)
+    if p.is_dir():
+        raise MattingError(f"{p}: is a folder; give a file name for {what}")
+    check_not_inputs([p], inputs)
+    check_writable_dir(p.parent, what)

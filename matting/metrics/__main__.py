@@ -50,8 +50,11 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         parser.error(f"{', '.join(missing)} required (or --bench)")
 
+    from matting.data.io import check_output_file
     from matting.metrics.batch import evaluate_folders, format_table, summarize, write_csv
 
+    if args.out:
+        check_output_file(args.out, "the CSV")  # before scoring anything
     rows = evaluate_folders(args.pred, args.gt, args.trimap, workers=args.workers, progress=not args.no_progress)
     summary = summarize(rows)
     print(format_table(rows, summary, per_image=not args.quiet))

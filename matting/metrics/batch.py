@@ -20,7 +20,15 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Iterable, NamedTuple, Sequence
 
-from matting.data.io import check_same_size, find_alpha, find_by_stem, list_images, png_header, read_gray
+from matting.data.io import (
+    atomic_path,
+    check_same_size,
+    find_alpha,
+    find_by_stem,
+    list_images,
+    png_header,
+    read_gray,
+)
 from matting.errors import MattingError
 from matting.metrics.official import NoUnknownPixelsWarning, compute_metrics
 
@@ -256,21 +264,12 @@ def write_csv(rows: Sequence[dict], path: str | os.PathLike, summary: dict | Non
     if p.is_dir():
         raise MattingError(f"{p}: is a folder; give a file name for the CSV")
     summary = summarize(rows) if summary is None else summary
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(CSV_COLUMNS)
-            for r in rows:
-                writer.writerow([r["name"]] + [repr(float(r[k])) for k in METRIC_KEYS])
-            writer.writerow(["mean"] + [repr(float(summary[k])) for k in METRIC_KEYS])
-        os.replace(tmp, p)
-    except OSError as exc:
-        raise MattingError(f"{p}: could not write the CSV ({exc.strerror or exc})") from exc
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_path(p) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(CSV_COLUMNS)
+        for r in rows:
+            writer.writerow([r["name"]] + [repr(float(r[k])) for k in METRIC_KEYS])
+        writer.writerow(["mean"] + [repr(float(summary[k])) for k in METRIC_KEYS])
 
 
 def format_table(rows: Sequence[dict], summary: dict | None = None, per_image: bool = True) -> str:
