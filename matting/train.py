@@ -53,6 +53,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="continue exactly from a checkpoint (default: <output_dir>/checkpoints/latest.pth); a key=value "
         "after a bare --resume is a config override",
     )
+    parser.add_argument(
+        "--restart", action="store_true",
+        help="start over in an output_dir that holds an earlier run: it is moved to <output_dir>.old-<time>",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. train.lr=0.001 model.upsampler=bilinear")
     rest, resume = _take_resume(list(sys.argv[1:] if argv is None else argv))
@@ -74,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     from matting.engine.trainer import Trainer
 
     try:
-        Trainer(cfg, resume=resume, progress=not args.no_progress).fit()
+        Trainer(cfg, resume=resume, progress=not args.no_progress, restart=args.restart).fit()
     finally:
         cleanup_distributed()
     return 0

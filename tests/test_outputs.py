@@ -229,7 +229,7 @@ def test_checkpoint_write_failure_keeps_the_previous_one(tmp_path, capsys, monke
     from matting.data.make_demo import make_demo
 
     make_demo(tmp_path / "demo", seed=1, **TINY_DEMO)
-    cfg = tiny_config(tmp_path, tmp_path / "demo", iterations=3, ckpt_every=1, val_count=0)
+    cfg = tiny_config(tmp_path, tmp_path / "demo", iterations=3, ckpt_every=1)
     real_save, saves = torch.save, []
 
     def save_until_full(obj, f):

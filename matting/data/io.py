@@ -34,7 +34,7 @@ from typing import Iterable
 import cv2
 import numpy as np
 
-from matting.errors import MattingError, OutputError
+from matting.errors import MattingError, MattingWarning, OutputError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -190,6 +190,7 @@ def normalize_trimap(trimap: np.ndarray, name: str | os.PathLike = "trimap") -> 
     if odd:
         warnings.warn(
             f"{name}: {int(odd)} trimap pixels are not 0/128/255; mapped them by thresholds <85 / >170",
+            MattingWarning,
             stacklevel=2,
         )
     return out

@@ -22,6 +22,7 @@ half-written ``latest.pth``; the temporary file of a process killed mid-write is
 
 from __future__ import annotations
 
+import glob
 import os
 import pickle
 import pickletools
@@ -34,7 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from matting.errors import MattingError
+from matting.errors import MattingError, OutputError
 
 CHECKPOINT_FORMAT = 2
 
@@ -55,19 +56,49 @@ _FORMAT1_NAMES = {
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temporary file in the target folder, fsync, then rename over ``path``."""
+    """``torch.save`` to a temporary file in the target folder, fsync, then rename over ``path``.
+
+    First removes the temporary files of earlier saves of ``path`` whose process is gone (killed mid-write).
+    A failed write (a full disk: torch's zip writer raises RuntimeError "unexpected pos") is an OutputError
+    naming ``path``; the previous file there is unchanged.
+    """
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_name(f".{p.name}.tmp{os.getpid()}")
     try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temporaries(p)
         with open(tmp, "wb") as f:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, p)
+    except (OSError, RuntimeError) as exc:
+        reason = (exc.strerror if isinstance(exc, OSError) else None) or str(exc).strip().splitlines()[0]
+        raise OutputError(f"{p}: could not write ({reason})") from None
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        tmp.unlink(missing_ok=True)
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Deletes ``.<name>.tmp<pid>`` files next to ``path`` left by processes that no longer run (kill -9 during
+    a save). A live process's file is kept: it may be writing."""
+    prefix = f".{path.name}.tmp"
+    for tmp in path.parent.glob(f"{glob.escape(prefix)}*"):
+        pid = tmp.name[len(prefix):]
+        if pid.isdigit() and int(pid) != os.getpid() and not _process_alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+
+
+def _process_alive(pid: int) -> bool:
+    if os.name != "posix":
+        return True  # no cheap check elsewhere: keep the file
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True
 
 
 def rng_state() -> dict[str, Any]:

@@ -288,8 +288,8 @@ def check_eval_outputs(out: Path, items: Any) -> None:
     (the predictions would land among, or replace, the ground truth)."""
     check_writable_dir(out, "evaluation outputs")
     records = getattr(items, "records", None) or []
-    folders = {p.parent for r in records for p in (r.image_path, r.alpha_path, r.trimap_path)}
-    check_not_inputs([out / "alpha"], folders)
+    paths = (getattr(r, key, None) for r in records for key in ("image_path", "alpha_path", "trimap_path"))
+    check_not_inputs([out / "alpha"], {Path(p).parent for p in paths if p is not None})
 
 
 def write_metrics_csv(path: Path, rows: list[tuple[str, dict | None]], summary: Summary) -> None:
