@@ -183,11 +183,11 @@ def test_truncated_image_is_an_error_naming_it(tmp_path, checkpoint, capsys):
     write_png(tmp_path / "trimaps" / "cut.png", trimap)
     assert run(checkpoint, "--image", str(bad), "--trimap", str(tmp_path / "trimaps" / "cut.png"),
                "--out", str(tmp_path / "one")) == 2
-    assert f"{bad}: truncated JPEG" in one_line_error(capsys)
+    assert f"{bad}: not a readable image, truncated JPEG" in one_line_error(capsys)
     assert not (tmp_path / "one").exists()
     # In a folder the others are still done, and the run fails naming it.
     assert run(checkpoint, "--image", str(tmp_path / "images"), "--trimap", str(tmp_path / "trimaps"),
                "--out", str(tmp_path / "many")) == 2
     err = capsys.readouterr().err
-    assert f"{bad}: truncated JPEG" in err and "1 of 2 images failed: cut.jpg" in err
+    assert f"{bad}: not a readable image, truncated JPEG" in err and "1 of 2 images failed: cut.jpg" in err
     assert sorted(p.name for p in (tmp_path / "many" / "alpha").iterdir()) == ["photo.png"]

@@ -101,7 +101,7 @@ def test_truncated_files_are_errors_in_every_reader(tmp_path, suffix, params):
         part = tmp_path / f"part{cut}{suffix}"
         part.write_bytes(data[:-cut])
         for reader in (read_rgb, read_gray, read_trimap, read_rgb_pil):
-            with pytest.raises(MattingError, match=f"part{cut}{suffix}: truncated") as err:
+            with pytest.raises(MattingError, match=f"part{cut}{suffix}: not a readable image, truncated") as err:
                 reader(part)
             assert "\n" not in str(err.value)
     # The complete file reads exactly as OpenCV decodes it.

@@ -264,5 +264,5 @@ def test_truncated_training_image_is_a_one_line_error(tmp_path, tiny_data, capsy
     code = main(["--config", str(cfg), "--no-progress", "data.val_count=0", "data.num_workers=1"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
-    assert err[-1].startswith("error: ") and "/fg/" in err[-1] and ": truncated " in err[-1], err
+    assert err[-1].startswith("error: ") and "/fg/" in err[-1] and ", truncated " in err[-1], err
     assert not any("Traceback" in line for line in err), err

@@ -112,11 +112,11 @@ def read_image_bytes(path: str | os.PathLike) -> bytes:
         raise MattingError(f"{p}: file not found")
     data = p.read_bytes()
     if data.startswith(b"\xff\xd8\xff") and not _jpeg_complete(data):
-        raise MattingError(f"{p}: truncated JPEG (the file ends before its image data does: an interrupted copy "
-                           "or download?); replace it with a complete copy")
+        raise MattingError(f"{p}: not a readable image, truncated JPEG (the file ends before its image data "
+                           "does: an interrupted copy or download?); replace it with a complete copy")
     if data.startswith(_PNG_SIGNATURE) and not _png_complete(data):
-        raise MattingError(f"{p}: truncated PNG (the file ends before its image data does: an interrupted copy "
-                           "or download?); replace it with a complete copy")
+        raise MattingError(f"{p}: not a readable image, truncated PNG (the file ends before its image data "
+                           "does: an interrupted copy or download?); replace it with a complete copy")
     return data
 
 
@@ -250,14 +250,45 @@ def write_png(path: str | os.PathLike, image: np.ndarray) -> None:
 
 
 def list_images(folder: str | os.PathLike) -> list[Path]:
-    """Image files directly inside ``folder``, sorted by name. Raises if the folder is missing or empty."""
+    """Image files directly inside ``folder``, sorted by name. Raises if the folder is missing or empty.
+
+    Hidden files (``.DS_Store``, macOS ``._x.png``) and files of other types are skipped with a MattingWarning
+    that names them, so a folder that is not what it seems does not go unnoticed.
+    """
+    files = _image_files(folder)
+    if not files:
+        raise MattingError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
+    return files
+
+
+def _image_files(folder: str | os.PathLike) -> list[Path]:
     d = Path(folder)
     if not d.is_dir():
         raise MattingError(f"{d}: folder not found")
-    files = sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
-    if not files:
-        raise MattingError(f"{d}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
+    files, skipped = [], []
+    for p in sorted(d.iterdir()):
+        if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."):
+            files.append(p)
+        elif p.is_file():
+            skipped.append(p.name)
+    if skipped:
+        shown = ", ".join(skipped[:5]) + (f" and {len(skipped) - 5} more" if len(skipped) > 5 else "")
+        warnings.warn(f"{d}: skipped {len(skipped)} files that are hidden or not images ({', '.join(IMAGE_SUFFIXES)})"
+                      f": {shown}", MattingWarning, stacklevel=3)
     return files
+
+
+def images_by_stem(folder: str | os.PathLike, allow_empty: bool = False) -> dict[str, Path]:
+    """``list_images(folder)`` keyed by file name without suffix; several files of one stem (``a.png`` and
+    ``a.jpg``) are an error listing them, since whatever pairs or writes by name would mix them up."""
+    by_stem: dict[str, list[Path]] = {}
+    for p in _image_files(folder) if allow_empty else list_images(folder):
+        by_stem.setdefault(p.stem, []).append(p)
+    repeated = [" and ".join(p.name for p in paths) for paths in by_stem.values() if len(paths) > 1]
+    if repeated:
+        shown = "; ".join(repeated[:5]) + (f" and {len(repeated) - 5} more" if len(repeated) > 5 else "")
+        raise MattingError(f"{folder}: {len(repeated)} names used by several files (keep one of each): {shown}")
+    return {stem: paths[0] for stem, paths in by_stem.items()}
 
 
 def find_by_stem(folder: str | os.PathLike, stem: str) -> Path | None:
