@@ -786,7 +786,8 @@ def test_cli_truncated_prediction_is_a_one_line_error(tmp_path, capsys):
     code = main(["--pred", str(pred_dir), "--gt", str(alpha_dir), "--trimap", str(trimap_dir), "--no-progress",
                  "--workers", "1"])
     err = capsys.readouterr().err
-    assert code == 2 and err.count("\n") == 1 and f"{pred_dir / 'fg0_1.png'}: not a readable image, truncated PNG" in err
+    assert code == 2 and err.count("\n") == 1
+    assert f"{pred_dir / 'fg0_1.png'}: not a readable image, truncated PNG" in err
 
 
 def test_cli_missing_prediction_is_an_error_unless_allowed(tmp_path, capsys):
