@@ -4,7 +4,6 @@ overwritten), and a write that fails mid-way is one line saying what was kept. E
 from __future__ import annotations
 
 import errno
-import json
 
 import numpy as np
 import pytest
