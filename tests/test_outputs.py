@@ -79,7 +79,7 @@ def test_evaluate_never_writes_into_its_test_folder(tmp_path, checkpoint, capsys
     no_work(monkeypatch)
     assert main(["--data", str(tmp_path / "test"), "--checkpoint", str(checkpoint),
                  "--out", str(tmp_path / "test")]) == 2
-    assert "test/alpha" in one_line(capsys)
+    assert "test/alpha, a folder the test set is read from" in one_line(capsys)
     assert {p: p.read_bytes() for p in (tmp_path / "test").rglob("*") if p.is_file()} == before
 
 

@@ -386,7 +386,10 @@ def check_writable_dir(path: str | os.PathLike, what: str = "outputs") -> None:
         raise MattingError(f"{p}: cannot write here ({exc.strerror or exc})") from None
 
 
-def _same_file(a: Path, b: Path) -> bool:
+def same_path(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """True if ``a`` and ``b`` name the same file or folder (through links; on case-insensitive file systems too,
+    when both exist)."""
+    a, b = Path(a), Path(b)
     if a.exists() and b.exists():
         return os.path.samefile(a, b)  # also through links and case-insensitive file systems
     return os.path.realpath(a) == os.path.realpath(b)
@@ -397,7 +400,7 @@ def check_not_inputs(outputs: Iterable[str | os.PathLike], inputs: Iterable[str 
     sources = [Path(i) for i in inputs]
     for out in map(Path, outputs):
         for source in sources:
-            if _same_file(out, source):
+            if same_path(out, source):
                 raise MattingError(f"{out}: is an input ({source}); refusing to write there, choose another --out")
 
 

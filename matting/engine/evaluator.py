@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
-from matting.data.io import atomic_path, check_not_inputs, check_writable_dir, write_png, write_text_atomic
+from matting.data.io import atomic_path, check_writable_dir, same_path, write_png, write_text_atomic
 from matting.engine.predictor import Matter
 from matting.errors import MattingError, OutputError
 from matting.metrics.official import compute_metrics
@@ -289,7 +289,10 @@ def check_eval_outputs(out: Path, items: Any) -> None:
     check_writable_dir(out, "evaluation outputs")
     records = getattr(items, "records", None) or []
     paths = (getattr(r, key, None) for r in records for key in ("image_path", "alpha_path", "trimap_path"))
-    check_not_inputs([out / "alpha"], {Path(p).parent for p in paths if p is not None})
+    for folder in {Path(p).parent for p in paths if p is not None}:
+        if same_path(out / "alpha", folder):
+            raise MattingError(f"{out}: the predictions would go to {out / 'alpha'}, a folder the test set is read "
+                               "from (they would mix with its files); choose another --out")
 
 
 def write_metrics_csv(path: Path, rows: list[tuple[str, dict | None]], summary: Summary) -> None:

@@ -522,5 +522,5 @@ class Trainer:
             self.board.close()
             for sig, handler in old_handlers.items():
                 signal.signal(sig, handler)
-        self.log.info("done: %d steps; %s", self.state.step, self._latest_text())
+        self.log.info("done: %d steps; %s", self.state.step, self._latest_text().removeprefix("last good "))
         return self.state
