@@ -174,3 +174,17 @@ def test_trimap_value_warning_is_one_clean_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"warning: {tmp_path / 't.png'}: 128 trimap pixels are not 0/128/255; mapped them by "
                    "thresholds <85 / >170"], err
+
+
+def test_a_crash_reaches_train_log_with_its_traceback(tmp_path, tiny_data, monkeypatch):
+    cfg = load_config(tiny_config(tmp_path, tiny_data), ["data.val_count=0"])
+    trainer = Trainer(cfg, progress=False)
+
+    def bug(pred, batch):
+        raise ZeroDivisionError("a bug in a loss")
+
+    monkeypatch.setattr(trainer.criterion, "forward", bug)
+    with pytest.raises(ZeroDivisionError):
+        trainer.fit()
+    log = (Path(cfg.output_dir) / "train.log").read_text()
+    assert "crashed at step 0" in log and "Traceback" in log and "ZeroDivisionError: a bug in a loss" in log
