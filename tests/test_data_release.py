@@ -63,7 +63,10 @@ def test_without_the_bg_list_every_image_in_the_folder_is_used(tmp_path):
     ds = build_training_release(tmp_path)
     write_jpeg(tmp_path / "coco" / "extra.jpg", np.zeros((4, 4, 3), np.uint8))
     (tmp_path / "coco" / "notes.txt").write_text("not an image")
-    rel = read_training_release(ds, tmp_path / "coco", use_bg_list=False)
+    from matting.errors import MattingWarning
+
+    with pytest.warns(MattingWarning, match="coco: skipped 1 files that are hidden or not images .*: notes.txt"):
+        rel = read_training_release(ds, tmp_path / "coco", use_bg_list=False)
     assert [p.name for p in rel.bg_paths] == [f"COCO_train2014_{j:012d}.jpg" for j in range(4)] + ["extra.jpg"]
 
 

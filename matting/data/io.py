@@ -13,7 +13,8 @@ remember which library read the file:
 
 Every reader goes through ``read_image_bytes``, which refuses a truncated JPEG or PNG (an interrupted copy or
 download): libjpeg decodes a cut-off JPEG with its missing part grey and only prints a line on stderr, so the
-file is checked for its end (JPEG: the end-of-image marker after the last scan; PNG: the IEND chunk).
+file is checked for its end (JPEG: whole segments up to the first scan, then an end-of-image marker; PNG: whole
+chunks up to IEND).
 
 16-bit and palette PNGs are rejected by default because they silently change values: a 16-bit alpha read as
 8-bit by a careless reader is off by 256x, a palette PNG's indices are not grey levels.
@@ -68,7 +69,7 @@ def _jpeg_complete(data: bytes) -> bool:
     The segments before the first scan (metadata, tables) are walked by their lengths, so an end marker inside
     them (an embedded thumbnail's) does not count. After that, entropy-coded data never holds the bytes FF D9
     (a data byte FF is always followed by 00), so the end marker is simply searched for, from the end of the
-    file (where it is, unless bytes follow it): a full scan of the data would cost as much as decoding it.
+    file (where it is, unless bytes follow it): a full scan of the data would cost a large part of a decode.
     """
     pos, n = 2, len(data)
     while True:
