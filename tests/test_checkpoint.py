@@ -23,9 +23,17 @@ from matting.engine.checkpoint import (
     rng_state,
     set_rng_state,
 )
+from matting.engine.predictor import Matter
+from matting.engine.trainer import Trainer
 from matting.errors import MattingError
+from matting.evaluate import main as evaluate_main
+from matting.export import main as export_main
+from matting.infer import main as infer_main
+from matting.models import build_model
+from matting.train import main as train_main
 
 from helpers import TINY_MODEL, save_tiny_checkpoint
+from test_evaluate import make_test_folder
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -62,9 +70,6 @@ def assert_refused(message: str, path: Path, marker: Path) -> None:
 
 
 def test_python_api_refuses_code_in_a_checkpoint(evil):
-    from matting.engine.predictor import Matter
-    from matting.engine.trainer import Trainer
-
     path, marker = evil
     loaders = [load_checkpoint, model_from_checkpoint, Matter.from_checkpoint,
                lambda p: Trainer(load_config(None, [f"output_dir={p.parent / 'run'}", "device=cpu"]), resume=p)]
@@ -76,13 +81,6 @@ def test_python_api_refuses_code_in_a_checkpoint(evil):
 
 
 def test_every_command_refuses_code_in_a_checkpoint(evil, tmp_path, capsys):
-    from matting.evaluate import main as evaluate_main
-    from matting.export import main as export_main
-    from matting.infer import main as infer_main
-    from matting.train import main as train_main
-
-    from test_evaluate import make_test_folder
-
     path, marker = evil
     make_test_folder(tmp_path / "test")
     first = sorted((tmp_path / "test" / "merged").iterdir())[0]
@@ -127,8 +125,6 @@ def test_rng_state_round_trips_through_a_weights_only_file(tmp_path):
 
 def test_format_1_checkpoints_still_load(tmp_path):
     """Written before this change: the RNG states as numpy's and Python's own objects (a uint32 ndarray)."""
-    from matting.models import build_model
-
     model = build_model(**TINY_MODEL)
     old_rng = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
     expected = np.random.rand(3)

@@ -9,12 +9,22 @@ import numpy as np
 import pytest
 import torch
 
+import matting.infer as infer
 from matting.data.io import check_writable_dir, read_rgb, write_png
+from matting.data.make_demo import make_demo
+from matting.engine import checkpoint as ckpt_module
+from matting.engine import evaluator, predictor
+from matting.engine.checkpoint import load_checkpoint
 from matting.errors import MattingError, OutputError
+from matting.evaluate import main as evaluate_main
+from matting.export import main as export_main
+from matting.metrics.__main__ import main as metrics_main
+from matting.train import main as train_main
 
 from helpers import save_tiny_checkpoint
 from test_evaluate import make_test_folder
 from test_infer import make_pair, write_pair
+from test_train import TINY_DEMO, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +47,6 @@ def one_line(capsys) -> str:
 
 def no_work(monkeypatch):
     """Makes loading a checkpoint fail the test: the output check must come before any work."""
-    from matting.engine import predictor
-
     def forbidden(*args, **kwargs):
         raise AssertionError("work started before the output location was checked")
 
@@ -63,30 +71,24 @@ def test_check_writable_dir(tmp_path, blocked, monkeypatch):
 
 
 def test_evaluate_checks_out_before_inference(tmp_path, checkpoint, blocked, capsys, monkeypatch):
-    from matting.evaluate import main
-
     make_test_folder(tmp_path / "test")
     no_work(monkeypatch)
-    assert main(["--data", str(tmp_path / "test"), "--checkpoint", str(checkpoint), "--out", str(blocked)]) == 2
+    args = ["--data", str(tmp_path / "test"), "--checkpoint", str(checkpoint), "--out", str(blocked)]
+    assert evaluate_main(args) == 2
     assert str(blocked) in one_line(capsys)
 
 
 def test_evaluate_never_writes_into_its_test_folder(tmp_path, checkpoint, capsys, monkeypatch):
-    from matting.evaluate import main
-
     make_test_folder(tmp_path / "test")
     before = {p: p.read_bytes() for p in (tmp_path / "test").rglob("*") if p.is_file()}
     no_work(monkeypatch)
-    assert main(["--data", str(tmp_path / "test"), "--checkpoint", str(checkpoint),
+    assert evaluate_main(["--data", str(tmp_path / "test"), "--checkpoint", str(checkpoint),
                  "--out", str(tmp_path / "test")]) == 2
     assert "test/alpha, a folder the test set is read from" in one_line(capsys)
     assert {p: p.read_bytes() for p in (tmp_path / "test").rglob("*") if p.is_file()} == before
 
 
 def test_evaluate_write_failure_midway_says_what_was_kept(tmp_path, checkpoint, capsys, monkeypatch):
-    from matting.engine import evaluator
-    from matting.evaluate import main
-
     make_test_folder(tmp_path / "test")
     written = []
 
@@ -98,7 +100,7 @@ def test_evaluate_write_failure_midway_says_what_was_kept(tmp_path, checkpoint, 
 
     monkeypatch.setattr(evaluator, "write_png", fill_up)
     out = tmp_path / "eval"
-    assert main(["--data", str(tmp_path / "test"), "--checkpoint", str(checkpoint), "--out", str(out),
+    assert evaluate_main(["--data", str(tmp_path / "test"), "--checkpoint", str(checkpoint), "--out", str(out),
                  "--device", "cpu", "--workers", "0", "--no-progress"]) == 2
     err = one_line(capsys)
     assert "No space left on device" in err and f"2 alpha mattes are in {out / 'alpha'}" in err
@@ -107,45 +109,39 @@ def test_evaluate_write_failure_midway_says_what_was_kept(tmp_path, checkpoint, 
 
 
 def test_infer_refuses_to_overwrite_an_input(tmp_path, checkpoint, capsys, monkeypatch):
-    from matting.infer import main
-
     image, trimap = make_pair()
     img, tri = write_pair(tmp_path, "photo", image, trimap)
     no_work(monkeypatch)
     for out in (img, tri):
-        assert main(["--checkpoint", str(checkpoint), "--image", str(img), "--trimap", str(tri),
+        assert infer.main(["--checkpoint", str(checkpoint), "--image", str(img), "--trimap", str(tri),
                      "--out", str(out)]) == 2
         assert f"{out}: is an input" in one_line(capsys)
     assert np.array_equal(read_rgb(img), image)
     # Folders: outputs go to OUT/alpha/<stem>.png; with OUT the parent of the image folder 'alpha' they would
     # replace the images.
     (tmp_path / "images").rename(tmp_path / "alpha")
-    assert main(["--checkpoint", str(checkpoint), "--image", str(tmp_path / "alpha"), "--trimap",
+    assert infer.main(["--checkpoint", str(checkpoint), "--image", str(tmp_path / "alpha"), "--trimap",
                  str(tmp_path / "trimaps"), "--out", str(tmp_path)]) == 2
     assert "is an input" in one_line(capsys)
     assert np.array_equal(read_rgb(tmp_path / "alpha" / "photo.png"), image)
 
 
 def test_infer_out_that_is_a_file_or_unwritable(tmp_path, checkpoint, blocked, capsys, monkeypatch):
-    from matting.infer import main
-
     image, trimap = make_pair()
     img, tri = write_pair(tmp_path, "photo", image, trimap)
     no_work(monkeypatch)
     (tmp_path / "results").write_text("my notes")
     args = ["--checkpoint", str(checkpoint), "--image", str(img), "--trimap", str(tri)]
-    assert main([*args, "--out", str(tmp_path / "results")]) == 2
+    assert infer.main([*args, "--out", str(tmp_path / "results")]) == 2
     assert "results: exists and is not a folder" in one_line(capsys)
     assert (tmp_path / "results").read_text() == "my notes"
-    assert main([*args, "--out", str(blocked)]) == 2
+    assert infer.main([*args, "--out", str(blocked)]) == 2
     assert str(blocked) in one_line(capsys)
-    assert main([*args, "--out", str(blocked / "x.png")]) == 2
+    assert infer.main([*args, "--out", str(blocked / "x.png")]) == 2
     assert "a_file is a file, not a folder" in one_line(capsys)
 
 
 def test_infer_write_failure_in_a_folder_stops_and_says_what_was_kept(tmp_path, checkpoint, capsys, monkeypatch):
-    import matting.infer as infer
-
     image, trimap = make_pair()
     for stem in ("a", "b", "c"):
         write_pair(tmp_path, stem, image, trimap)
@@ -167,66 +163,50 @@ def test_infer_write_failure_in_a_folder_stops_and_says_what_was_kept(tmp_path, 
 
 
 def test_export_checks_out_before_loading(tmp_path, checkpoint, blocked, capsys, monkeypatch):
-    from matting.export import main
-
     before = checkpoint.read_bytes()
     no_work(monkeypatch)
-    assert main(["--checkpoint", str(checkpoint), "--format", "torchscript", "--out", str(checkpoint)]) == 2
+    assert export_main(["--checkpoint", str(checkpoint), "--format", "torchscript", "--out", str(checkpoint)]) == 2
     assert "is an input" in one_line(capsys)
     assert checkpoint.read_bytes() == before
-    assert main(["--checkpoint", str(checkpoint), "--format", "onnx", "--out", str(blocked / "m.onnx")]) == 2
+    assert export_main(["--checkpoint", str(checkpoint), "--format", "onnx", "--out", str(blocked / "m.onnx")]) == 2
     assert "a_file is a file, not a folder" in one_line(capsys)
-    assert main(["--checkpoint", str(checkpoint), "--format", "onnx", "--out", str(tmp_path)]) == 2
+    assert export_main(["--checkpoint", str(checkpoint), "--format", "onnx", "--out", str(tmp_path)]) == 2
     assert "is a folder" in one_line(capsys)
 
 
 def test_export_write_failure_is_one_line(tmp_path, checkpoint, capsys, monkeypatch):
-    from matting.export import main
-
     def full_disk(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(torch.jit.ScriptModule, "save", full_disk)
     out = tmp_path / "m.pt"
-    assert main(["--checkpoint", str(checkpoint), "--format", "torchscript", "--out", str(out)]) == 2
+    assert export_main(["--checkpoint", str(checkpoint), "--format", "torchscript", "--out", str(out)]) == 2
     err = one_line(capsys)
     assert "No space left on device" in err and str(out) in err
     assert list(tmp_path.iterdir()) == []  # no temporary file left behind
 
 
 def test_metrics_checks_the_csv_location_before_scoring(tmp_path, blocked, capsys, monkeypatch):
-    from matting.metrics import __main__ as cli
-
     make_test_folder(tmp_path / "t")
     monkeypatch.setattr("matting.metrics.batch.evaluate_items", lambda *a, **k: pytest.fail("scored first"))
     base = ["--pred", str(tmp_path / "t" / "alpha"), "--gt", str(tmp_path / "t" / "alpha"),
             "--trimap", str(tmp_path / "t" / "trimaps"), "--no-progress"]
-    assert cli.main([*base, "--out", str(blocked / "m.csv")]) == 2
+    assert metrics_main([*base, "--out", str(blocked / "m.csv")]) == 2
     assert "a_file is a file, not a folder" in one_line(capsys)
-    assert cli.main([*base, "--out", str(tmp_path)]) == 2
+    assert metrics_main([*base, "--out", str(tmp_path)]) == 2
     assert "is a folder" in one_line(capsys)
 
 
 def test_train_checks_output_dir_first(tmp_path, blocked, capsys):
-    from matting.train import main
-
     config = tmp_path / "c.yaml"
     config.write_text(f"output_dir: {blocked}\ndevice: cpu\ndata: {{dataset_dir: {tmp_path / 'nowhere'}}}\n")
-    assert main(["--config", str(config)]) == 2
+    assert train_main(["--config", str(config)]) == 2
     assert "a_file is a file, not a folder" in one_line(capsys)
 
 
 def test_checkpoint_write_failure_keeps_the_previous_one(tmp_path, capsys, monkeypatch):
     """A full disk during a save (torch's zip writer raises RuntimeError 'unexpected pos'): one line saying which
     step latest.pth still holds; the file is intact and no temporary file is left."""
-    from matting.engine import checkpoint as ckpt_module
-    from matting.engine.checkpoint import load_checkpoint
-    from matting.train import main
-
-    from test_train import TINY_DEMO, tiny_config
-
-    from matting.data.make_demo import make_demo
-
     make_demo(tmp_path / "demo", seed=1, **TINY_DEMO)
     cfg = tiny_config(tmp_path, tmp_path / "demo", iterations=3, ckpt_every=1)
     real_save, saves = torch.save, []
@@ -239,7 +219,7 @@ def test_checkpoint_write_failure_keeps_the_previous_one(tmp_path, capsys, monke
         real_save(obj, f)
 
     monkeypatch.setattr(ckpt_module.torch, "save", save_until_full)
-    assert main(["--config", str(cfg), "--no-progress", "data.val_count=0"]) == 2
+    assert train_main(["--config", str(cfg), "--no-progress", "data.val_count=0"]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("error: ") and "unexpected pos" in err and "latest.pth still holds step 1" in err, err
     monkeypatch.setattr(ckpt_module.torch, "save", real_save)

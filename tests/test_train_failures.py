@@ -8,22 +8,26 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from matting.config import load_config
+from matting.data.io import write_png
+from matting.data.make_demo import make_demo
 from matting.engine.checkpoint import atomic_torch_save, load_checkpoint
 from matting.engine.trainer import Trainer, TrainingDiverged
 from matting.errors import MattingError
+from matting.infer import main as infer_main
 from matting.train import main
 
+from helpers import save_tiny_checkpoint
 from test_train import TINY_DEMO, tiny_config
 
 
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory) -> Path:
-    from matting.data.make_demo import make_demo
-
     root = tmp_path_factory.mktemp("demo")
     make_demo(root, seed=1, **TINY_DEMO)
     return root
@@ -98,8 +102,6 @@ def test_a_save_removes_the_temporary_files_of_killed_saves(tmp_path):
 
 
 def event_steps(log_dir: Path, tag: str) -> list[int]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
     acc = EventAccumulator(str(log_dir))
     acc.Reload()
     return [e.step for e in acc.Scalars(tag)]
@@ -157,13 +159,6 @@ def test_nan_before_any_checkpoint_says_so(tmp_path, tiny_data, monkeypatch):
 
 
 def test_trimap_value_warning_is_one_clean_line(tmp_path, capsys):
-    import numpy as np
-
-    from matting.data.io import write_png
-    from matting.infer import main as infer_main
-
-    from helpers import save_tiny_checkpoint
-
     checkpoint = save_tiny_checkpoint(tmp_path / "c.pth")
     trimap = np.full((32, 32), 128, np.uint8)
     trimap[:4] = 127
