@@ -281,6 +281,65 @@ def config_from_dict(data: dict[str, Any], where: str = "checkpoint config") -> 
     return _build(Config, data, where)
 
 
+# Ranges of numeric keys: key -> (lowest, lowest allowed?, highest or None, highest allowed?). A null value of a
+# nullable key is always allowed. Checked at load time so a value of the right type that would crash later (a
+# ZeroDivisionError at the first log, a DataLoader ValueError) or train nonsense (a negative lr) names its key.
+_RANGES: dict[str, tuple[float, bool, float | None, bool]] = {
+    "seed": (0, True, None, False),
+    "data.samples_per_epoch": (1, True, None, False),
+    "data.num_workers": (0, True, None, False),
+    "data.val_count": (0, True, None, False),
+    "data.val_bgs_per_fg": (1, True, None, False),
+    "data.val_max_side": (8, True, None, False),
+    "train.lr": (0, False, None, False),
+    "train.encoder_lr_mult": (0, True, None, False),
+    "train.momentum": (0, True, 1, False),
+    "train.weight_decay": (0, True, None, False),
+    "train.gamma": (0, False, None, False),
+    "train.poly_power": (0, True, None, False),
+    "train.warmup_iters": (0, True, None, False),
+    "train.grad_clip": (0, False, None, False),
+    "train.log_every": (1, True, None, False),
+    "train.image_every": (1, True, None, False),
+    "train.val_every": (1, True, None, False),
+    "train.ckpt_every": (1, True, None, False),
+    "eval.workers": (0, True, None, False),
+}
+
+
+def _range_text(low: float, low_ok: bool, high: float | None, high_ok: bool) -> str:
+    text = f"{'>=' if low_ok else '>'} {low}"
+    return text if high is None else f"{text} and {'<=' if high_ok else '<'} {high}"
+
+
+def _in_range(value: float, low: float, low_ok: bool, high: float | None, high_ok: bool) -> bool:
+    above = value >= low if low_ok else value > low
+    below = high is None or (value <= high if high_ok else value < high)
+    return above and below
+
+
+def _check_ranges(cfg: Config, where: str) -> None:
+    data = cfg.to_dict()
+    for key, bounds in _RANGES.items():
+        section, _, name = key.rpartition(".")
+        value = (data[section] if section else data)[name]
+        if value is None or _in_range(value, *bounds):
+            continue
+        nullable = " (or null)" if typing.get_origin(_annotation(key)) in (typing.Union, types.UnionType) else ""
+        raise MattingError(f"{where}: '{key}' must be {_range_text(*bounds)}{nullable}, got {value!r}")
+    betas = cfg.train.betas
+    if not all(_type_ok(b, float) and _in_range(b, 0, True, 1, False) for b in betas):
+        raise MattingError(f"{where}: 'train.betas' must be two numbers >= 0 and < 1, got {betas}")
+
+
+def _annotation(key: str) -> Any:
+    cls: Any = Config
+    *sections, name = key.split(".")
+    for section in sections:
+        cls = typing.get_type_hints(cls)[section]
+    return typing.get_type_hints(cls)[name]
+
+
 def _check_consistency(cfg: Config, where: str) -> None:
     t = cfg.train
     if t.iterations <= 0 or t.batch_size <= 0:
@@ -289,6 +348,7 @@ def _check_consistency(cfg: Config, where: str) -> None:
         raise MattingError(f"{where}: 'train.milestones' must be positive iteration numbers, got {t.milestones}")
     if len(t.betas) != 2:
         raise MattingError(f"{where}: 'train.betas' must be two numbers, got {t.betas}")
+    _check_ranges(cfg, where)
     for name, weight in cfg.loss.weights.items():
         if not isinstance(weight, (int, float)) or isinstance(weight, bool):
             raise MattingError(f"{where}: 'loss.weights.{name}' must be a number, got {weight!r}")

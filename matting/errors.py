@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import sys
+import warnings
 from typing import Callable
 
 
@@ -15,8 +16,15 @@ class MattingError(Exception):
     """
 
 
+class MattingWarning(UserWarning):
+    """Something about the user's input that does not stop the work but should be known (trimap values that had
+    to be mapped, files skipped in a folder). Command-line entry points print it as one line ``warning: ...``,
+    without Python's source line."""
+
+
 def cli(main: Callable[..., int | None]) -> Callable[..., int]:
-    """Wraps a command-line ``main``: user errors become one line on stderr and exit status 2.
+    """Wraps a command-line ``main``: user errors become one line on stderr and exit status 2; MattingWarnings
+    are printed as one line each.
 
     Ctrl-C exits with 130 after whatever clean-up ``main`` did in its own ``finally``/``except`` blocks.
     Real bugs still raise with a traceback: hiding those would make them impossible to report.
@@ -24,14 +32,36 @@ def cli(main: Callable[..., int | None]) -> Callable[..., int]:
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs) -> int:
-        try:
-            code = main(*args, **kwargs)
-        except MattingError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        except KeyboardInterrupt:
-            print("interrupted", file=sys.stderr)
-            return 130
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warnings(warnings.showwarning)
+            try:
+                code = main(*args, **kwargs)
+            except MattingError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 2
+            except KeyboardInterrupt:
+                print("interrupted", file=sys.stderr)
+                return 130
         return int(code or 0)
 
     return wrapper
+
+
+def _one_line_warnings(show: Callable) -> Callable:
+    """A ``warnings.showwarning`` that prints MattingWarnings as ``warning: <message>`` and passes others on."""
+
+    def showwarning(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, MattingWarning):
+            print(f"warning: {message}", file=file or sys.stderr)
+        else:
+            show(message, category, filename, lineno, file, line)
+
+    return showwarning
+
+
+class OutputError(MattingError):
+    """A result could not be written (a full disk, a folder that became read-only, a lost network mount).
+
+    The message names the file and the reason; whoever catches it adds what was kept. Loops over many items
+    stop on it instead of going on: the next write would fail the same way.
+    """

@@ -19,8 +19,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from matting.data.io import check_writable_dir
 from matting.data.release import TestDataset, read_test_folder, resolve_test_source
-from matting.engine.evaluator import evaluate, format_table
+from matting.engine.evaluator import check_eval_outputs, evaluate, format_table
 from matting.engine.predictor import AMP_MODES, Matter
 from matting.errors import MattingError, cli
 
@@ -66,17 +67,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.workers < 0:
         raise MattingError(f"--workers must be >= 0, got {args.workers}")
     checkpoint = _checkpoint_path(args.checkpoint)
+    out = Path(args.out)
+    check_writable_dir(out, "evaluation outputs")  # before composing a test set or predicting anything
     test_dir = resolve_test_source(
         args.data, args.bg_dir, args.compose_dir, workers=max(args.workers, 1), progress=not args.no_progress
     )
-    records = read_test_folder(test_dir)
+    dataset = TestDataset(read_test_folder(test_dir))
+    check_eval_outputs(out, dataset)
     matter = Matter.from_checkpoint(
         checkpoint, args.device, args.amp, tile=args.tile, tile_margin=args.tile_margin
     )
-    out = Path(args.out)
     summary = evaluate(
         matter,
-        TestDataset(records),
+        dataset,
         out,
         progress=not args.no_progress,
         workers=args.workers,

@@ -33,8 +33,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from matting.data.io import check_output_file
 from matting.engine.checkpoint import model_from_checkpoint, unwrap
-from matting.errors import MattingError, cli
+from matting.errors import MattingError, OutputError, cli
 
 __all__ = ["FORMATS", "MattingExport", "export_model", "main", "run_exported", "verify_export"]
 
@@ -101,19 +102,21 @@ def export_model(
         exporter: for ONNX, "torchscript" (``torch.onnx.export(dynamo=False)``: batch, height and width dynamic;
             seconds) or "dynamo" (the torch.export-based exporter: height and width dynamic, batch 1; about a
             minute even for a tiny network, in symbolic-shape reasoning).
-    The model is exported on the CPU in float32; the caller's model is not modified.
+    The model is exported on the CPU in float32; the caller's model is not modified. The file is written under
+    a temporary name and renamed: a failed write (OutputError) leaves nothing at ``path``.
     """
     if exporter not in ("torchscript", "dynamo"):
         raise MattingError(f"exporter '{exporter}' is not one of torchscript, dynamo")
     if fmt not in FORMATS:
         raise MattingError(f"format '{fmt}' is not one of {', '.join(FORMATS)}")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    check_output_file(path, "the export")
     module = MattingExport(copy.deepcopy(unwrap(model)).cpu().float())
     stride = module.output_stride
     example = _example(stride)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         if fmt == "onnx":
             _export_onnx(module, example, tmp, opset, exporter)
         else:
@@ -124,9 +127,10 @@ def export_model(
                 traced = torch.jit.trace(module, example, check_trace=False)
             traced.save(str(tmp))
         os.replace(tmp, path)
+    except OSError as exc:
+        raise OutputError(f"{path}: could not write ({exc.strerror or exc}); nothing was written there") from None
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -222,8 +226,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     checkpoint = Path(args.checkpoint)
-    model, _ = model_from_checkpoint(checkpoint, "cpu")
     out = Path(args.out) if args.out else checkpoint.with_name(checkpoint.stem + FORMATS[args.format])
+    if not checkpoint.is_file():
+        raise MattingError(f"{checkpoint}: checkpoint not found")
+    check_output_file(out, "the export", inputs=[checkpoint])  # before loading anything
+    model, _ = model_from_checkpoint(checkpoint, "cpu")
     export_model(model, args.format, out, opset=args.opset, exporter=args.exporter)
     if not args.no_verify:
         diff = verify_export(model, out)

@@ -32,7 +32,10 @@ import numpy as np
 
 from matting.data.io import (
     IMAGE_SUFFIXES,
+    check_not_inputs,
+    check_output_file,
     check_same_size,
+    check_writable_dir,
     find_by_stem,
     list_images,
     read_rgb,
@@ -40,7 +43,7 @@ from matting.data.io import (
     write_png,
 )
 from matting.engine.predictor import AMP_MODES, Matter
-from matting.errors import MattingError, cli
+from matting.errors import MattingError, OutputError, cli
 
 DEFAULT_CHECKPOINT = "runs/demo/checkpoints/latest.pth"
 DEFAULT_OUT = "runs/infer"
@@ -95,7 +98,8 @@ def plan_jobs(image: str | Path, trimap: str | Path, out: str | Path, foreground
 
     Raises:
         MattingError naming the files: a missing input, a file paired with a folder, an image without trimap,
-        or an image and trimap of different sizes.
+        an image and trimap of different sizes, an output that would overwrite an input, an output folder that
+        is a file or cannot be written.
     """
     image, trimap, out = Path(image), Path(trimap), Path(out)
     for p in (image, trimap):
@@ -142,7 +146,19 @@ def plan_jobs(image: str | Path, trimap: str | Path, out: str | Path, foreground
         a, b = _image_size(job.image), _image_size(job.trimap)
         if a is not None and b is not None and a != b:
             raise MattingError(f"{job.trimap}: size {b[0]}x{b[1]} does not match {job.image} ({a[0]}x{a[1]})")
+    _check_outputs(jobs, out)
     return jobs
+
+
+def _check_outputs(jobs: list[Job], out: Path) -> None:
+    """Before any work: no output replaces an input, and the outputs can be written where they go."""
+    outputs = [p for job in jobs for p in (job.alpha_out, job.foreground_out, job.cutout_out) if p is not None]
+    check_not_inputs(outputs, [p for job in jobs for p in (job.image, job.trimap)])
+    if out.suffix.lower() == ".png":
+        for path in outputs:
+            check_output_file(path, "the matte")
+    else:
+        check_writable_dir(out, "the outputs")
 
 
 def _folder_job(image: Path, trimap: Path, out: Path, foreground: bool, cut: bool) -> Job:
@@ -210,9 +226,12 @@ def main(argv: list[str] | None = None) -> int:
     from tqdm import tqdm
 
     failed: list[str] = []
-    for job in tqdm(jobs, desc="infer", unit="img", disable=args.no_progress, file=sys.stderr):
+    for done, job in enumerate(tqdm(jobs, desc="infer", unit="img", disable=args.no_progress, file=sys.stderr)):
         try:
             run_job(matter, job)
+        except OutputError as exc:  # the next write would fail too: stop, saying what is there
+            raise OutputError(f"{exc}; stopped: {done - len(failed)} of {len(jobs)} images were written to "
+                              f"{args.out}") from None
         except MattingError as exc:  # one bad file does not stop the folder; all are listed at the end
             failed.append(job.image.name)
             tqdm.write(f"error: {exc}", file=sys.stderr)

@@ -105,3 +105,48 @@ def test_reference_documents_every_key():
 def test_readme_carries_the_current_reference():
     """The README's config table is this schema's output, so docs cannot drift from the code."""
     assert reference_markdown() in (REPO / "README.md").read_text()
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.log_every=0", "'train.log_every' must be >= 1, got 0"),
+        ("train.ckpt_every=0", "'train.ckpt_every' must be >= 1, got 0"),
+        ("train.image_every=0", "'train.image_every' must be >= 1, got 0"),
+        ("train.val_every=-2", "'train.val_every' must be >= 1, got -2"),
+        ("train.lr=-1", "'train.lr' must be > 0, got -1.0"),
+        ("train.lr=0", "'train.lr' must be > 0, got 0.0"),
+        ("train.encoder_lr_mult=-0.5", "'train.encoder_lr_mult' must be >= 0, got -0.5"),
+        ("train.weight_decay=-1", "'train.weight_decay' must be >= 0"),
+        ("train.momentum=1.5", "'train.momentum' must be >= 0 and < 1, got 1.5"),
+        ("train.betas=[0.9, 1.0]", "'train.betas' must be two numbers >= 0 and < 1, got [0.9, 1.0]"),
+        ("train.gamma=0", "'train.gamma' must be > 0"),
+        ("train.warmup_iters=-1", "'train.warmup_iters' must be >= 0"),
+        ("train.grad_clip=0", "'train.grad_clip' must be > 0 (or null), got 0.0"),
+        ("data.num_workers=-3", "'data.num_workers' must be >= 0, got -3"),
+        ("data.val_count=-1", "'data.val_count' must be >= 0"),
+        ("data.val_bgs_per_fg=0", "'data.val_bgs_per_fg' must be >= 1"),
+        ("data.val_max_side=4", "'data.val_max_side' must be >= 8 (or null), got 4"),
+        ("data.samples_per_epoch=0", "'data.samples_per_epoch' must be >= 1 (or null), got 0"),
+        ("eval.workers=-1", "'eval.workers' must be >= 0"),
+        ("seed=-1", "'seed' must be >= 0, got -1"),
+    ],
+)
+def test_out_of_range_values_name_the_key_and_file(tmp_path, override, message):
+    """Values of the right type that would crash later (ZeroDivisionError, a DataLoader ValueError) or train
+    nonsense are refused when the config is loaded."""
+    path = write(tmp_path / "cfg.yaml", "name: x\n")
+    with pytest.raises(MattingError) as err:
+        load_config(path, [override])
+    assert message in str(err.value) and str(path) in str(err.value) and "\n" not in str(err.value)
+    key, value = override.split("=")
+    section, _, name = key.rpartition(".")
+    text = f"{section}: {{{name}: {value}}}\n" if section else f"{name}: {value}\n"
+    with pytest.raises(MattingError, match="must be"):  # the same check for a value written in the file
+        load_config(write(tmp_path / "in_file.yaml", text))
+
+
+def test_boundary_values_are_accepted():
+    cfg = load_config(None, ["train.log_every=1", "train.lr=1e-9", "data.num_workers=0", "train.encoder_lr_mult=0",
+                             "train.grad_clip=null", "data.val_max_side=8", "train.momentum=0"])
+    assert cfg.train.log_every == 1 and cfg.data.num_workers == 0

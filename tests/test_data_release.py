@@ -63,7 +63,10 @@ def test_without_the_bg_list_every_image_in_the_folder_is_used(tmp_path):
     ds = build_training_release(tmp_path)
     write_jpeg(tmp_path / "coco" / "extra.jpg", np.zeros((4, 4, 3), np.uint8))
     (tmp_path / "coco" / "notes.txt").write_text("not an image")
-    rel = read_training_release(ds, tmp_path / "coco", use_bg_list=False)
+    from matting.errors import MattingWarning
+
+    with pytest.warns(MattingWarning, match="coco: skipped 1 files that are hidden or not images .*: notes.txt"):
+        rel = read_training_release(ds, tmp_path / "coco", use_bg_list=False)
     assert [p.name for p in rel.bg_paths] == [f"COCO_train2014_{j:012d}.jpg" for j in range(4)] + ["extra.jpg"]
 
 
@@ -291,3 +294,71 @@ def test_resolve_returns_prepared_folders_and_composes_raw_releases(tmp_path):
     assert default == tmp_path / "demo" / "Composition-1k-testset" and (default / "manifest.json").is_file()
     with pytest.raises(MattingError, match="neither a prepared test folder"):
         resolve_test_source(tmp_path / "demo" / "train_bg")
+
+
+def test_an_unfinished_composition_is_refused(tmp_path):
+    """compose_test writes manifest.json with "complete": false before its first image: an interrupted run."""
+    from matting.data.compose_test import compose_test_set
+
+    demo = make_demo(tmp_path / "demo", seed=3, train_fgs=1, test_fgs=2, min_size=40, max_size=56, workers=1)
+    out = tmp_path / "composed"
+    compose_test_set(demo.dataset_dir, demo.test_bg_dir, out, workers=1, progress=False)
+    assert len(read_test_folder(out)) == 4
+    manifest = out / "manifest.json"
+    complete = manifest.read_text()
+    manifest.write_text(complete.replace('"complete": true', '"complete": false'))
+    with pytest.raises(MattingError, match=r"manifest.json: the composition did not finish .*compose_test"):
+        read_test_folder(out)
+    manifest.write_text(complete)
+    merged = sorted((out / "merged").iterdir())
+    merged[1].unlink()  # deleted since: listed in the manifest, and its trimap is left over
+    with pytest.raises(MattingError, match=rf"1 files listed in {manifest} are missing: {merged[1]}"):
+        read_test_folder(out)
+    merged[1].write_bytes(merged[0].read_bytes())
+    write_png(out / "merged" / "stray_0.png", np.zeros((4, 4, 3), np.uint8))
+    write_png(out / "trimaps" / "stray_0.png", np.zeros((4, 4), np.uint8))
+    write_png(out / "alpha" / "stray.png", np.zeros((4, 4), np.uint8))
+    with pytest.raises(MattingError, match=r"1 images in .*merged are not in .*manifest.json: stray_0.png"):
+        read_test_folder(out)
+
+
+def test_leftover_alphas_and_trimaps_are_errors(tmp_path):
+    """A trimap or alpha no image uses means the images are not all there (or the folder mixes two sets)."""
+    root = build_test_folder(tmp_path, n=3)
+    (root / "merged" / "cat_1920_2.png").unlink()
+    unused = r"1 alphas/trimaps that no image in .*merged uses: .*trimaps/cat_1920_2.png"
+    with pytest.raises(MattingError, match=unused):
+        read_test_folder(root)
+    (root / "trimaps" / "cat_1920_2.png").unlink()
+    write_png(root / "alpha" / "dog.png", np.zeros((5, 7), np.uint8))
+    with pytest.raises(MattingError, match=r"1 alphas/trimaps that no image in .*merged uses: .*alpha/dog.png"):
+        read_test_folder(root)
+
+
+def test_duplicate_stems_in_a_test_folder_are_errors(tmp_path):
+    root = build_test_folder(tmp_path)
+    write_jpeg(root / "merged" / "cat_1920_1.jpg", np.full((5, 7, 3), 41, np.uint8))
+    repeated = r"merged: 1 names used by several files .*cat_1920_1.jpg and cat_1920_1.png"
+    with pytest.raises(MattingError, match=repeated):
+        read_test_folder(root)
+    (root / "merged" / "cat_1920_1.jpg").unlink()
+    write_png(root / "alpha" / "cat_1920.bmp", np.zeros((5, 7), np.uint8))
+    with pytest.raises(MattingError, match=r"alpha: 1 names used by several files"):
+        read_test_folder(root)
+
+
+def test_skipped_files_in_an_image_folder_are_reported(tmp_path):
+    from matting.data.io import list_images
+    from matting.errors import MattingWarning
+
+    root = build_test_folder(tmp_path)
+    (root / "merged" / ".DS_Store").write_bytes(b"x")
+    (root / "merged" / "._cat_1920_0.png").write_bytes(b"x")
+    (root / "merged" / "cat_1920_2.gif").write_bytes(b"GIF89a")
+    (root / "merged" / "sub").mkdir()
+    with pytest.warns(MattingWarning, match=r"merged: skipped 3 files that are hidden or not images "
+                                            r"\(.png, .*\): .DS_Store, ._cat_1920_0.png, cat_1920_2.gif$"):
+        assert [p.name for p in list_images(root / "merged")] == ["cat_1920_0.png", "cat_1920_1.png"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        list_images(root / "trimaps")  # nothing skipped: nothing said

@@ -234,3 +234,38 @@ def test_eval_script_runs_the_module_from_any_directory(tmp_path):
     )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().startswith("error: ") and "c.pth" in proc.stderr
+
+
+def test_cli_counts_a_truncated_jpeg_as_failed(tmp_path, checkpoint, capsys):
+    """libjpeg fills a cut-off JPEG with grey and exits fine; the image must fail, named, not be scored."""
+    import cv2
+
+    from matting.evaluate import main
+
+    items = make_test_folder(tmp_path / "test")
+    merged = tmp_path / "test" / "merged"
+    (merged / "fg1_0.png").unlink()
+    cv2.imwrite(str(merged / "fg1_0.jpg"), items[2]["image"])
+    data = (merged / "fg1_0.jpg").read_bytes()
+    (merged / "fg1_0.jpg").write_bytes(data[: len(data) * 2 // 3])
+    out = tmp_path / "eval"
+    args = ["--data", str(tmp_path / "test"), "--checkpoint", str(checkpoint), "--out", str(out)]
+    assert main([*args, "--device", "cpu", "--workers", "0", "--no-progress"]) == 1
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["count"] == 3 and summary["failed"] == 1
+    assert f"{merged / 'fg1_0.jpg'}: not a readable image, truncated JPEG" in summary["failures"][0]["error"]
+    assert "Premature end of JPEG" not in capsys.readouterr().err
+
+
+def test_cli_refuses_a_test_folder_whose_composition_did_not_finish(tmp_path, checkpoint, capsys):
+    from matting.evaluate import main
+
+    make_test_folder(tmp_path / "test")
+    manifest = tmp_path / "test" / "manifest.json"
+    manifest.write_text(json.dumps({"tool": "matting.data.compose_test", "complete": False, "dataset": "D",
+                                    "bg_dir": "B", "outputs": []}))
+    assert main(["--data", str(tmp_path / "test"), "--checkpoint", str(checkpoint), "--out", str(tmp_path / "e"),
+                 "--device", "cpu", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and f"{manifest}: the composition did not finish" in err
+    assert not (tmp_path / "e").exists()

@@ -166,3 +166,28 @@ def test_module_entry_point_reports_user_errors_without_traceback(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and "Traceback" not in proc.stderr
     assert "does not match" in proc.stderr
+
+
+def truncated_jpeg(path: Path, image: np.ndarray) -> Path:
+    """A JPEG of ``image`` cut to half its bytes (an interrupted download): libjpeg decodes it with grey."""
+    assert cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+def test_truncated_image_is_an_error_naming_it(tmp_path, checkpoint, capsys):
+    image, trimap = make_pair()
+    img_path, tri_path = write_pair(tmp_path, "photo", image, trimap)
+    bad = truncated_jpeg(tmp_path / "images" / "cut.jpg", image)
+    write_png(tmp_path / "trimaps" / "cut.png", trimap)
+    assert run(checkpoint, "--image", str(bad), "--trimap", str(tmp_path / "trimaps" / "cut.png"),
+               "--out", str(tmp_path / "one")) == 2
+    assert f"{bad}: not a readable image, truncated JPEG" in one_line_error(capsys)
+    assert not (tmp_path / "one").exists()
+    # In a folder the others are still done, and the run fails naming it.
+    assert run(checkpoint, "--image", str(tmp_path / "images"), "--trimap", str(tmp_path / "trimaps"),
+               "--out", str(tmp_path / "many")) == 2
+    err = capsys.readouterr().err
+    assert f"{bad}: not a readable image, truncated JPEG" in err and "1 of 2 images failed: cut.jpg" in err
+    assert sorted(p.name for p in (tmp_path / "many" / "alpha").iterdir()) == ["photo.png"]

@@ -77,3 +77,53 @@ def test_composite_names_pair_with_foreground_alphas(tmp_path):
     assert find_alpha(tmp_path, "cat_7").name == "cat.png"
     assert find_alpha(tmp_path, "dog_3").name == "dog_3.png"  # a per-composite copy wins
     assert find_alpha(tmp_path, "eel_1") is None
+
+
+def smooth_image(h: int = 48, w: int = 64) -> np.ndarray:
+    """An RGB image with structure (gradients), so a grey-filled missing part differs from the original."""
+    y, x = np.mgrid[0:h, 0:w]
+    return np.stack([x * 255 // w, y * 255 // h, (x + y) * 255 // (h + w)], axis=2).astype(np.uint8)
+
+
+@pytest.mark.parametrize("suffix, params", [
+    (".jpg", []), (".jpg", [cv2.IMWRITE_JPEG_PROGRESSIVE, 1]), (".jpg", [cv2.IMWRITE_JPEG_RST_INTERVAL, 1]),
+    (".png", []),
+])
+def test_truncated_files_are_errors_in_every_reader(tmp_path, suffix, params):
+    """A cut-off JPEG decodes with its missing part grey and only a libjpeg line on stderr; it must be an error
+    that names the file, whichever reader opens it (OpenCV or Pillow based)."""
+    from matting.data.io import read_rgb_pil
+
+    full = tmp_path / f"full{suffix}"
+    assert cv2.imwrite(str(full), cv2.cvtColor(smooth_image(), cv2.COLOR_RGB2BGR), params)
+    data = full.read_bytes()
+    for cut in (1, 3, 40, len(data) // 2):
+        part = tmp_path / f"part{cut}{suffix}"
+        part.write_bytes(data[:-cut])
+        for reader in (read_rgb, read_gray, read_trimap, read_rgb_pil):
+            with pytest.raises(MattingError, match=f"part{cut}{suffix}: not a readable image, truncated") as err:
+                reader(part)
+            assert "\n" not in str(err.value)
+    # The complete file reads exactly as OpenCV decodes it.
+    expected = cv2.cvtColor(cv2.imread(str(full), cv2.IMREAD_UNCHANGED), cv2.COLOR_BGR2RGB)
+    assert np.array_equal(read_rgb(full), expected)
+
+
+def test_complete_jpegs_with_unusual_structure_are_read(tmp_path):
+    """Bytes after the end marker, and an end marker inside metadata (an EXIF thumbnail), are not truncation."""
+    image = smooth_image()
+    ok, encoded = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    data = encoded.tobytes()
+    expected = read_rgb_from(tmp_path / "plain.jpg", data)
+    assert np.array_equal(read_rgb_from(tmp_path / "trailing.jpg", data + b"\x00\x00trailer"), expected)
+    thumbnail = b"Exif\x00\x00" + b"\xff\xd8\xff\xd9" * 4  # a metadata segment holding another image's markers
+    app1 = b"\xff\xe1" + (len(thumbnail) + 2).to_bytes(2, "big") + thumbnail
+    with_app1 = data[:2] + app1 + data[2:]
+    assert np.array_equal(read_rgb_from(tmp_path / "app1.jpg", with_app1), expected)
+    with pytest.raises(MattingError, match="truncated"):  # cut inside the image data, after the metadata
+        read_rgb_from(tmp_path / "app1_cut.jpg", with_app1[: len(app1) + len(data) // 2])
+
+
+def read_rgb_from(path, data: bytes) -> np.ndarray:
+    path.write_bytes(data)
+    return read_rgb(path)

@@ -776,3 +776,33 @@ def test_non_contiguous_views_give_the_same_values():
     assert compute_metrics(stacked[..., 0], stacked[..., 1], stacked[..., 2]) == expected
     fortran = [np.asfortranarray(a) for a in (p, g, t)]
     assert compute_metrics(*fortran) == expected
+
+
+def test_cli_truncated_prediction_is_a_one_line_error(tmp_path, capsys):
+    _dataset(tmp_path, n_fg=1, n_k=2)
+    pred_dir, alpha_dir, trimap_dir = _dirs(tmp_path)
+    data = (pred_dir / "fg0_1.png").read_bytes()
+    (pred_dir / "fg0_1.png").write_bytes(data[:-20])  # cut inside the last chunk
+    code = main(["--pred", str(pred_dir), "--gt", str(alpha_dir), "--trimap", str(trimap_dir), "--no-progress",
+                 "--workers", "1"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert f"{pred_dir / 'fg0_1.png'}: not a readable image, truncated PNG" in err
+
+
+def test_cli_missing_prediction_is_an_error_unless_allowed(tmp_path, capsys):
+    _dataset(tmp_path, n_fg=2, n_k=2)
+    pred_dir, alpha_dir, trimap_dir = _dirs(tmp_path)
+    (pred_dir / "fg1_0.png").unlink()
+    args = ["--pred", str(pred_dir), "--gt", str(alpha_dir), "--trimap", str(trimap_dir), "--no-progress",
+            "--workers", "1"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{pred_dir}: 1 of 4 images have no prediction: fg1_0" in err
+    assert "--allow-missing" in err
+    out = tmp_path / "m.csv"
+    assert main([*args, "--allow-missing", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "3 of 4 images scored: 1 without a prediction left out (--allow-missing): fg1_0" in printed
+    with open(out, newline="") as f:
+        assert [r[0] for r in csv.reader(f)] == ["name", "fg0_0", "fg0_1", "fg1_1", "mean"]

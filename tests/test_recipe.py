@@ -14,6 +14,7 @@ from torch import nn
 
 from matting.config import load_config
 from matting.engine.checkpoint import build_model_from_config, load_checkpoint
+from matting.engine.logger import Board
 from matting.engine.schedule import assign_lr_multipliers, lr_param_groups, parse_lr_rules
 from matting.engine.trainer import Trainer
 from matting.errors import MattingError
@@ -268,7 +269,7 @@ def test_official_init_statistics(tmp_path):
 # ------------------------------------------------------------------------------------------------- trainer
 
 
-def test_test_set_curve_is_labelled_and_never_selects(tmp_path, tiny_data):  # noqa: F811 - fixture
+def test_test_set_curve_is_labelled_and_never_selects(tmp_path, tiny_data, monkeypatch):  # noqa: F811 - fixture
     rules = "[[decoder.stages.*.up, 0.01], [encoder, 0.01], [context, 1], [decoder, 1], [head, 1]]"
     cfg = load_config(tiny_config(tmp_path, tiny_data, iterations=2),
                       ["data.val_count=0", "train.test_every=1", f"train.lr_groups={rules}", "model.head=official",
@@ -277,8 +278,9 @@ def test_test_set_curve_is_labelled_and_never_selects(tmp_path, tiny_data):  # n
     assert [(g["name"], g["lr"]) for g in trainer.optimizer.param_groups] == [
         ("x0.01", pytest.approx(1e-5)), ("x1", pytest.approx(1e-3))]
     written = []
-    real = trainer.board.scalars
-    trainer.board.scalars = lambda values, step: (written.append((step, sorted(values))), real(values, step))
+    real = Board.scalars  # the run's writer is created when fit() starts: record through the class
+    monkeypatch.setattr(Board, "scalars", lambda self, values, step: (written.append((step, sorted(values))),
+                                                                      real(self, values, step)))
     trainer.fit()
     tests = [(step, keys) for step, keys in written if any(k.startswith("test_set/") for k in keys)]
     assert [step for step, _ in tests] == [1, 2]

@@ -115,6 +115,7 @@ def test_resume_is_exact(tmp_path, tiny_data):
         assert torch.equal(a[key], b[key]), key
     ckpt = load_checkpoint(latest)
     assert ckpt["step"] == 4 and ckpt["config"]["model"]["upsampler"] == "fade"
+    assert torch.serialization.get_unsafe_globals_in_checkpoint(latest) == []  # weights-only loadable as written
     assert set(ckpt) >= {"optimizer", "scheduler", "scaler", "rng", "best", "epoch"}
     # Validation ran on the held-out split and picked a best checkpoint.
     assert (Path(stopped.output_dir) / "checkpoints" / "best.pth").is_file()
@@ -208,3 +209,60 @@ def test_end_to_end_cli(tmp_path, tiny_data):
                "--out", str(tmp_path / "model.pt"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "model.pt").is_file()
+
+
+@pytest.mark.parametrize(
+    "argv, resume, overrides",
+    [
+        ([], None, []),
+        (["--resume"], "latest", []),
+        (["--resume", "train.iterations=4"], "latest", ["train.iterations=4"]),
+        (["a.b=1", "--resume"], "latest", ["a.b=1"]),
+        (["a.b=1", "--resume", "--no-progress", "c.d=2"], "latest", ["a.b=1", "c.d=2"]),
+        (["--resume", "run/ck.pth"], "run/ck.pth", []),
+        (["--resume=run/ck.pth", "c.d=2"], "run/ck.pth", ["c.d=2"]),
+        (["a.b=1", "--resume", "run/ck.pth", "c.d=2", "e=[1, 2]"], "run/ck.pth", ["a.b=1", "c.d=2", "e=[1, 2]"]),
+    ],
+)
+def test_resume_argument_forms(argv, resume, overrides):
+    """``--resume [CKPT] [key=value ...]``: a key=value after a bare --resume is an override, not a checkpoint,
+    and overrides may stand on both sides of ``--resume CKPT``."""
+    from matting.train import LATEST, parse_args
+
+    args = parse_args(["--config", "c.yaml", *argv])
+    assert (LATEST if resume == "latest" else resume) == args.resume
+    assert args.overrides == overrides
+
+
+def test_resume_cli_with_overrides_on_both_sides(tmp_path, tiny_data, capsys):
+    from matting.train import main
+
+    cfg = tiny_config(tmp_path, tiny_data, iterations=4, ckpt_every=1)
+    latest = tmp_path / "run" / "checkpoints" / "latest.pth"
+    assert main(["--config", str(cfg), "--no-progress", "train.iterations=1", "data.val_count=0"]) == 0
+    assert main(["--config", str(cfg), "--resume", "train.iterations=2", "data.val_count=0", "--no-progress"]) == 0
+    assert load_checkpoint(latest)["step"] == 2
+    assert main(["--config", str(cfg), "data.val_count=0", "--resume", str(latest), "train.iterations=3",
+                 "--no-progress"]) == 0
+    assert load_checkpoint(latest)["step"] == 3
+    assert main(["--config", str(cfg), "--resume", str(tmp_path / "nope.pth"), "--no-progress"]) == 2
+    assert "nope.pth: checkpoint not found" in capsys.readouterr().err
+
+
+def test_truncated_training_image_is_a_one_line_error(tmp_path, tiny_data, capsys):
+    """The error comes from a data-loader worker process; it must still be one line naming the file."""
+    import shutil
+
+    from matting.train import main
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data / "Combined_Dataset", data / "Combined_Dataset")
+    shutil.copytree(tiny_data / "train_bg", data / "train_bg")
+    for fg in (data / "Combined_Dataset").rglob("Training_set/*/fg/*"):
+        fg.write_bytes(fg.read_bytes()[:-30])
+    cfg = tiny_config(tmp_path, data, iterations=2)
+    code = main(["--config", str(cfg), "--no-progress", "data.val_count=0", "data.num_workers=1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert err[-1].startswith("error: ") and "/fg/" in err[-1] and ", truncated " in err[-1], err
+    assert not any("Traceback" in line for line in err), err

@@ -11,6 +11,11 @@ remember which library read the file:
   mapped by thresholds (< 85 -> 0, > 170 -> 255, else 128) with a warning.
 - ``write_png(path, array)``: atomic (temporary file + rename), so an interrupted run never leaves a truncated PNG.
 
+Every reader goes through ``read_image_bytes``, which refuses a truncated JPEG or PNG (an interrupted copy or
+download): libjpeg decodes a cut-off JPEG with its missing part grey and only prints a line on stderr, so the
+file is checked for its end (JPEG: whole segments up to the first scan, then an end-of-image marker; PNG: whole
+chunks up to IEND).
+
 16-bit and palette PNGs are rejected by default because they silently change values: a 16-bit alpha read as
 8-bit by a careless reader is off by 256x, a palette PNG's indices are not grey levels.
 """
@@ -18,15 +23,19 @@ remember which library read the file:
 from __future__ import annotations
 
 import contextlib
+import io
 import os
+import re
 import struct
+import tempfile
 import warnings
 from pathlib import Path
+from typing import Iterable
 
 import cv2
 import numpy as np
 
-from matting.errors import MattingError
+from matting.errors import MattingError, MattingWarning, OutputError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -38,21 +47,87 @@ _PNG_PALETTE = 3
 def png_header(path: str | os.PathLike) -> tuple[int, int] | None:
     """Returns (bit_depth, colour_type) of a PNG file, or None if the file is not a PNG."""
     with open(path, "rb") as f:
-        head = f.read(26)
+        return _png_header(f.read(26))
+
+
+def _png_header(head: bytes) -> tuple[int, int] | None:
     if len(head) < 26 or not head.startswith(_PNG_SIGNATURE):
         return None
     bit_depth, colour_type = struct.unpack(">BB", head[24:26])
     return bit_depth, colour_type
 
 
-def _imread(path: str | os.PathLike, *, allow_palette: bool) -> np.ndarray:
+# A JPEG marker: 0xFF (plus fill bytes 0xFF), then a code that is neither 0x00 (a stuffed data byte) nor 0xFF.
+_JPEG_MARKER = re.compile(rb"\xff+([^\x00\xff])")
+_JPEG_EOI, _JPEG_SOS = 0xD9, 0xDA
+_JPEG_STANDALONE = {0x01, *range(0xD0, 0xD8)}  # TEM and restart markers carry no length
+
+
+def _jpeg_complete(data: bytes) -> bool:
+    """True if a JPEG's segments are all inside ``data`` and an end-of-image marker follows its first scan.
+
+    The segments before the first scan (metadata, tables) are walked by their lengths, so an end marker inside
+    them (an embedded thumbnail's) does not count. After that, entropy-coded data never holds the bytes FF D9
+    (a data byte FF is always followed by 00), so the end marker is simply searched for, from the end of the
+    file (where it is, unless bytes follow it): a full scan of the data would cost a large part of a decode.
+    """
+    pos, n = 2, len(data)
+    while True:
+        match = _JPEG_MARKER.search(data, pos)  # also skips stray bytes between segments, as libjpeg does
+        if match is None:
+            return False
+        code, pos = match.group(1)[0], match.end()
+        if code == _JPEG_EOI:
+            return False  # an image without a scan
+        if code in _JPEG_STANDALONE:
+            continue
+        if pos + 2 > n:
+            return False
+        pos += int.from_bytes(data[pos : pos + 2], "big")
+        if pos > n:
+            return False
+        if code == _JPEG_SOS:
+            return data.rfind(b"\xff\xd9", pos) >= 0
+
+
+def _png_complete(data: bytes) -> bool:
+    """True if a PNG's chunks, each of the length it declares, run up to an IEND chunk inside ``data``."""
+    pos, n = len(_PNG_SIGNATURE), len(data)
+    while pos + 8 <= n:
+        length, kind = int.from_bytes(data[pos : pos + 4], "big"), data[pos + 4 : pos + 8]
+        pos += 12 + length  # length, type, data, CRC
+        if pos > n:
+            return False
+        if kind == b"IEND":
+            return True
+    return False
+
+
+def read_image_bytes(path: str | os.PathLike) -> bytes:
+    """The bytes of an image file, for a decoder; a truncated JPEG or PNG is a MattingError naming the file.
+
+    Other formats are left to the decoders, which reject a truncated file themselves.
+    """
     p = Path(path)
     if not p.is_file():
         raise MattingError(f"{p}: file not found")
-    header = png_header(p)
+    data = p.read_bytes()
+    if data.startswith(b"\xff\xd8\xff") and not _jpeg_complete(data):
+        raise MattingError(f"{p}: not a readable image, truncated JPEG (the file ends before its image data "
+                           "does: an interrupted copy or download?); replace it with a complete copy")
+    if data.startswith(_PNG_SIGNATURE) and not _png_complete(data):
+        raise MattingError(f"{p}: not a readable image, truncated PNG (the file ends before its image data "
+                           "does: an interrupted copy or download?); replace it with a complete copy")
+    return data
+
+
+def _imread(path: str | os.PathLike, *, allow_palette: bool) -> np.ndarray:
+    p = Path(path)
+    data = read_image_bytes(p)
+    header = _png_header(data[:26])
     if header is not None and header[1] == _PNG_PALETTE and not allow_palette:
         raise MattingError(f"{p}: palette (indexed-colour) PNG; save it as 8-bit grayscale or RGB")
-    img = cv2.imread(str(p), cv2.IMREAD_UNCHANGED)
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) if data else None
     if img is None:
         raise MattingError(f"{p}: not a readable image (corrupt or unsupported format)")
     return img
@@ -116,6 +191,7 @@ def normalize_trimap(trimap: np.ndarray, name: str | os.PathLike = "trimap") -> 
     if odd:
         warnings.warn(
             f"{name}: {int(odd)} trimap pixels are not 0/128/255; mapped them by thresholds <85 / >170",
+            MattingWarning,
             stacklevel=2,
         )
     return out
@@ -139,17 +215,20 @@ def atomic_path(path: str | os.PathLike, suffix: str = ""):
     """Yields a temporary path next to ``path``; on success it is renamed over ``path``, on failure removed.
 
     ``suffix`` keeps the extension that encoders such as ``cv2.imwrite`` choose the format by. An interrupted
-    run therefore never leaves a truncated file under the final name.
+    run therefore never leaves a truncated file under the final name. An ``OSError`` (full disk, no permission)
+    becomes an :class:`OutputError` naming ``path``; the previous file there, if any, is unchanged.
     """
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_name(f".{p.name}.tmp{os.getpid()}{suffix}")
     try:
+        p.parent.mkdir(parents=True, exist_ok=True)
         yield tmp
         os.replace(tmp, p)
+    except OSError as exc:
+        raise OutputError(f"{p}: could not write ({exc.strerror or exc})") from None
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
 
 
 def _imwrite(path: str | os.PathLike, image: np.ndarray, suffix: str, params: list[int]) -> None:
@@ -159,7 +238,7 @@ def _imwrite(path: str | os.PathLike, image: np.ndarray, suffix: str, params: li
         image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR if image.shape[2] == 3 else cv2.COLOR_RGBA2BGRA)
     with atomic_path(path, suffix) as tmp:
         if not cv2.imwrite(str(tmp), image, params):
-            raise MattingError(f"{path}: could not write the image")
+            raise OutputError(f"{path}: could not write the image (full disk or no permission?)")
 
 
 def write_png(path: str | os.PathLike, image: np.ndarray) -> None:
@@ -172,14 +251,45 @@ def write_png(path: str | os.PathLike, image: np.ndarray) -> None:
 
 
 def list_images(folder: str | os.PathLike) -> list[Path]:
-    """Image files directly inside ``folder``, sorted by name. Raises if the folder is missing or empty."""
+    """Image files directly inside ``folder``, sorted by name. Raises if the folder is missing or empty.
+
+    Hidden files (``.DS_Store``, macOS ``._x.png``) and files of other types are skipped with a MattingWarning
+    that names them, so a folder that is not what it seems does not go unnoticed.
+    """
+    files = _image_files(folder)
+    if not files:
+        raise MattingError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
+    return files
+
+
+def _image_files(folder: str | os.PathLike) -> list[Path]:
     d = Path(folder)
     if not d.is_dir():
         raise MattingError(f"{d}: folder not found")
-    files = sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
-    if not files:
-        raise MattingError(f"{d}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
+    files, skipped = [], []
+    for p in sorted(d.iterdir()):
+        if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."):
+            files.append(p)
+        elif p.is_file():
+            skipped.append(p.name)
+    if skipped:
+        shown = ", ".join(skipped[:5]) + (f" and {len(skipped) - 5} more" if len(skipped) > 5 else "")
+        warnings.warn(f"{d}: skipped {len(skipped)} files that are hidden or not images ({', '.join(IMAGE_SUFFIXES)})"
+                      f": {shown}", MattingWarning, stacklevel=3)
     return files
+
+
+def images_by_stem(folder: str | os.PathLike, allow_empty: bool = False) -> dict[str, Path]:
+    """``list_images(folder)`` keyed by file name without suffix; several files of one stem (``a.png`` and
+    ``a.jpg``) are an error listing them, since whatever pairs or writes by name would mix them up."""
+    by_stem: dict[str, list[Path]] = {}
+    for p in _image_files(folder) if allow_empty else list_images(folder):
+        by_stem.setdefault(p.stem, []).append(p)
+    repeated = [" and ".join(p.name for p in paths) for paths in by_stem.values() if len(paths) > 1]
+    if repeated:
+        shown = "; ".join(repeated[:5]) + (f" and {len(repeated) - 5} more" if len(repeated) > 5 else "")
+        raise MattingError(f"{folder}: {len(repeated)} names used by several files (keep one of each): {shown}")
+    return {stem: paths[0] for stem, paths in by_stem.items()}
 
 
 def find_by_stem(folder: str | os.PathLike, stem: str) -> Path | None:
@@ -221,13 +331,12 @@ def read_rgb_pil(path: str | os.PathLike) -> "PIL.Image.Image":  # noqa: F821 (P
     from PIL import Image, UnidentifiedImageError
 
     p = Path(path)
-    if not p.is_file():
-        raise MattingError(f"{p}: file not found")
-    header = png_header(p)
+    data = read_image_bytes(p)
+    header = _png_header(data[:26])
     if header is not None and header[0] == 16:
         raise MattingError(f"{p}: 16-bit image; 8-bit (0..255) is required here")
     try:
-        with Image.open(p) as im:
+        with Image.open(io.BytesIO(data)) as im:
             if im.mode in _PIL_WIDE_MODES:
                 raise MattingError(f"{p}: {im.mode} image with more than 8 bits per channel; 8-bit is required")
             im.load()
@@ -250,3 +359,57 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     """Writes a UTF-8 text file atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Output locations, checked before the work that fills them
+
+
+def check_writable_dir(path: str | os.PathLike, what: str = "outputs") -> None:
+    """Raises a MattingError naming ``path`` unless it is a folder that can be written to, or can be created.
+
+    Creates nothing that is not there (a failed start leaves no empty folder): a missing folder is judged by
+    its nearest existing parent, where a temporary file is created and removed.
+    """
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise MattingError(f"{p}: exists and is not a folder; {what} need a folder here")
+    existing = p
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise MattingError(f"{p}: cannot be created, {existing} is a file, not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=existing)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise MattingError(f"{p}: cannot write here ({exc.strerror or exc})") from None
+
+
+def same_path(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """True if ``a`` and ``b`` name the same file or folder (through links; on case-insensitive file systems too,
+    when both exist)."""
+    a, b = Path(a), Path(b)
+    if a.exists() and b.exists():
+        return os.path.samefile(a, b)  # also through links and case-insensitive file systems
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def check_not_inputs(outputs: Iterable[str | os.PathLike], inputs: Iterable[str | os.PathLike]) -> None:
+    """Raises a MattingError if an output path is one of the input files (writing would destroy it)."""
+    sources = [Path(i) for i in inputs]
+    for out in map(Path, outputs):
+        for source in sources:
+            if same_path(out, source):
+                raise MattingError(f"{out}: is an input ({source}); refusing to write there, choose another --out")
+
+
+def check_output_file(path: str | os.PathLike, what: str, inputs: Iterable[str | os.PathLike] = ()) -> None:
+    """Checks before any work that ``path`` can be written as a file: not a folder, not one of ``inputs``, in a
+    folder that is writable or can be created. Raises a MattingError naming the problem."""
+    p = Path(path)
+    if p.is_dir():
+        raise MattingError(f"{p}: is a folder; give a file name for {what}")
+    check_not_inputs([p], inputs)
+    check_writable_dir(p.parent, what)

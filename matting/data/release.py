@@ -24,11 +24,12 @@ import torch.utils.data
 
 from matting.data.io import (
     check_same_size,
-    find_alpha,
+    images_by_stem,
     list_images,
     read_gray,
     read_rgb,
     read_trimap,
+    split_composite_stem,
 )
 from matting.errors import MattingError
 
@@ -322,29 +323,59 @@ def read_test_folder(test_dir: str | os.PathLike) -> list[TestRecord]:
     """Lists a prepared test folder: ``merged/``, ``alpha/`` or ``alpha_copy/``, ``trimaps/``.
 
     Alphas may be named per composite (``<stem>_<k>``, GCA's ``alpha_copy``) or per foreground (``<stem>``,
-    Adobe's layout); trimaps likewise. Records are sorted by name. Every missing alpha or trimap is reported
-    in one error.
+    Adobe's layout); trimaps likewise. Records are sorted by name. A partial or mixed folder is an error that
+    lists the files, never a smaller evaluation: a ``manifest.json`` of ``compose_test`` that says the
+    composition did not finish, or whose files are missing or joined by others; every missing alpha or trimap;
+    alphas or trimaps no image uses (images missing from ``merged/``); two files of one name (``a.png``, ``a.jpg``).
     """
     root = Path(test_dir)
     if not root.is_dir():
         raise MattingError(f"{root}: test folder not found")
     image_dir = _pick_dir(root, _IMAGE_DIRS)
-    alpha_dir = _pick_dir(root, _ALPHA_DIRS)
-    trimap_dir = _pick_dir(root, _TRIMAP_DIRS)
-    records, missing = [], []
-    for image_path in list_images(image_dir):
-        stem = image_path.stem
-        alpha_path = find_alpha(alpha_dir, stem)
-        trimap_path = find_alpha(trimap_dir, stem)
-        if alpha_path is None:
-            missing.append(alpha_dir / f"{stem}.png")
-        if trimap_path is None:
-            missing.append(trimap_dir / f"{stem}.png")
-        if alpha_path is not None and trimap_path is not None:
-            records.append(TestRecord(stem, image_path, alpha_path, trimap_path))
+    images = images_by_stem(image_dir)
+    _check_manifest(root, image_dir, images)
+    folders = (_pick_dir(root, _ALPHA_DIRS), _pick_dir(root, _TRIMAP_DIRS))
+    alphas, trimaps = (images_by_stem(d, allow_empty=True) for d in folders)
+    records, missing, used = [], [], set()
+    for stem, image_path in images.items():
+        found = []
+        for folder, files in zip(folders, (alphas, trimaps)):
+            path = files.get(stem) or files.get(split_composite_stem(stem))
+            missing += [] if path else [folder / f"{stem}.png"]
+            found.append(path)
+        if all(found):
+            records.append(TestRecord(stem, image_path, *found))
+            used.update(found)
     if missing:
         raise missing_error(f"alphas/trimaps for images in {image_dir} are", missing)
+    unused = sorted(set(alphas.values()) - used) + sorted(set(trimaps.values()) - used)
+    if unused:
+        raise MattingError(f"{len(unused)} alphas/trimaps that no image in {image_dir} uses: {format_list(unused)} "
+                           "(images missing there? otherwise remove these)")
     return records
+
+
+def _check_manifest(root: Path, image_dir: Path, images: dict[str, Path]) -> None:
+    """If ``compose_test`` made this folder: it finished, and the images are exactly the ones it wrote."""
+    from matting.data.compose_test import MANIFEST, read_manifest  # compose_test imports this module
+
+    manifest, path = read_manifest(root), root / MANIFEST
+    if manifest is None:
+        return
+    if manifest.get("complete") is not True:
+        raise MattingError(
+            f"{path}: the composition did not finish (interrupted?); compose it again: python -m "
+            f"matting.data.compose_test --dataset {manifest.get('dataset')} --bg-dir {manifest.get('bg_dir')} "
+            f"--out {root}"
+        )
+    listed = set(manifest.get("outputs", []))
+    missing = [root / rel for rel in sorted(listed) if not (root / rel).is_file()]
+    if missing:
+        raise missing_error(f"files listed in {path} are", missing)
+    extra = [p.name for p in images.values() if f"{image_dir.name}/{p.name}" not in listed]
+    if extra:
+        raise MattingError(f"{len(extra)} images in {image_dir} are not in {path}: {format_list(extra)} (added "
+                           "after composing? remove them, or compose again)")
 
 
 def load_test_item(record: TestRecord) -> dict:

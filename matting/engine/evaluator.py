@@ -30,9 +30,9 @@ from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
-from matting.data.io import write_png
+from matting.data.io import atomic_path, check_writable_dir, same_path, write_png, write_text_atomic
 from matting.engine.predictor import Matter
-from matting.errors import MattingError
+from matting.errors import MattingError, OutputError
 from matting.metrics.official import compute_metrics
 
 __all__ = ["BASELINE_KEY", "METRICS", "Summary", "constant_baseline", "evaluate", "format_table", "write_metrics_csv"]
@@ -177,12 +177,19 @@ def evaluate(
              **meta}
 
         A mean is None when no image could be scored.
+
+    Raises:
+        MattingError before any prediction if ``out_dir`` cannot be written or is an input folder of ``items``;
+        OutputError if a write fails on the way (saying which alpha mattes are there).
     """
     out = Path(out_dir) if out_dir is not None else None
+    if out is not None:
+        check_eval_outputs(out, items)
     start = time.perf_counter()
     results: dict[int, tuple[str, tuple[dict, dict] | None, str | None]] = {}
     pending: OrderedDict[Future, tuple[int, str, tuple]] = OrderedDict()
     pool = _make_pool(workers)
+    written = 0
     total = len(items) if hasattr(items, "__len__") else None
     bar = _progress_bar(total, progress)
 
@@ -219,8 +226,12 @@ def evaluate(
                 pred = matter.predict_uint8(item["image"], item["trimap"])
                 if out is not None:
                     write_png(out / "alpha" / f"{name}.png", pred)
+                    written += 1
                 args = (pred, item["alpha"], item["trimap"], name)
                 del item
+            except OutputError as exc:  # the next write would fail too: stop, saying what is there
+                raise OutputError(f"{exc}; stopped: {written} alpha mattes are in {out / 'alpha'}, no metrics.csv "
+                                  "or summary.json was written") from None
             except Exception as exc:  # noqa: BLE001 - never skip an image: report it and go on
                 fail(index, name, exc)
                 if bar is not None:
@@ -264,34 +275,40 @@ def evaluate(
         **(meta or {}),
     }
     if out is not None:
-        write_metrics_csv(out / "metrics.csv", [(name, r[0] if r else None) for name, r, _ in ordered], summary)
-        _write_json(out / "summary.json", summary)
+        try:
+            write_metrics_csv(out / "metrics.csv", [(name, r[0] if r else None) for name, r, _ in ordered], summary)
+            write_text_atomic(out / "summary.json", json.dumps(summary, indent=2, allow_nan=False, default=str) + "\n")
+        except OutputError as exc:
+            raise OutputError(f"{exc}; the {written} alpha mattes are in {out / 'alpha'}") from None
     return summary
 
 
+def check_eval_outputs(out: Path, items: Any) -> None:
+    """Before any prediction: ``out`` can be written, and its ``alpha/`` is not a folder the items are read from
+    (the predictions would land among, or replace, the ground truth)."""
+    check_writable_dir(out, "evaluation outputs")
+    records = getattr(items, "records", None) or []
+    paths = (getattr(r, key, None) for r in records for key in ("image_path", "alpha_path", "trimap_path"))
+    for folder in {Path(p).parent for p in paths if p is not None}:
+        if same_path(out / "alpha", folder):
+            raise MattingError(f"{out}: the predictions would go to {out / 'alpha'}, a folder the test set is read "
+                               "from (they would mix with its files); choose another --out")
+
+
 def write_metrics_csv(path: Path, rows: list[tuple[str, dict | None]], summary: Summary) -> None:
-    """``name,sad,mse,grad,conn`` per image (empty cells for a failed one), then the ``mean`` row."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
+    """``name,sad,mse,grad,conn`` per image (empty cells for a failed one), then the ``mean`` row. Atomic."""
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(["name", *METRICS])
         for name, metrics in rows:
             writer.writerow([name, *(_fmt(metrics[k]) if metrics else "" for k in METRICS)])
         writer.writerow(["mean", *(_fmt(summary["mean"][k]) for k in METRICS)])
-    os.replace(tmp, path)
 
 
 def _fmt(value: float | None) -> str:
     if value is None:
         return ""
     return "nan" if math.isnan(value) else format(value, ".10g")
-
-
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, allow_nan=False, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def format_table(summary: Summary) -> str:

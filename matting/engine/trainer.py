@@ -14,8 +14,10 @@ from __future__ import annotations
 import dataclasses
 import math
 import signal
+import statistics
 import sys
 import time
+from collections import deque
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +30,9 @@ from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
 from matting.config import Config, ModelConfig
+from matting.data.io import check_writable_dir
 from matting.engine.checkpoint import (
+    CHECKPOINT_FORMAT,
     atomic_torch_save,
     build_model_from_config,
     load_checkpoint,
@@ -36,14 +40,32 @@ from matting.engine.checkpoint import (
     set_rng_state,
     unwrap,
 )
-from matting.engine.logger import Board, text_logger
+from matting.engine.logger import FILE_ONLY, Board, attach_log_file, text_logger
+from matting.engine.run_dir import check_run_dir, move_aside
 from matting.engine.runtime import DistInfo, fast_cpu_math, init_distributed, resolve_device, seed_everything
 from matting.engine.schedule import build_optimizer, build_scheduler
-from matting.errors import MattingError
+from matting.errors import MattingError, OutputError
+
+#: A step whose loss is over this many times the median loss of the recent healthy steps is "exploding": no
+#: checkpoint is saved from such a state (a NaN usually follows), so latest.pth stays one a run can go on from.
+EXPLODING_FACTOR = 100.0
+_LOSS_HISTORY = 100  # healthy steps in that median
+_MIN_HISTORY = 5  # steps before any step is judged (the first losses of a run move a lot)
 
 
 class TrainingDiverged(MattingError):
     """The loss became NaN or infinite; nothing was saved from the broken state."""
+
+
+def _one_line(exc: Exception) -> Exception:
+    """A user error raised in a data-loader worker arrives with the worker's traceback folded into its message;
+    this gives back the one-line original (other exceptions, bugs, are returned unchanged)."""
+    text = str(exc).strip()
+    if not isinstance(exc, MattingError) or "\n" not in text:
+        return exc
+    last = text.splitlines()[-1]
+    prefix = f"{type(exc).__module__}.{type(exc).__qualname__}: "
+    return type(exc)(last.removeprefix(prefix))
 
 
 class EpochSampler(Sampler[int]):
@@ -90,17 +112,30 @@ class Trainer:
         cfg: the validated config.
         resume: a checkpoint to continue from (exactly), or None to start fresh.
         progress: show a tqdm progress bar with ETA on rank 0.
+        restart: start over in an output folder that holds an earlier run, moving that run aside (to
+            ``<output_dir>.old-<time>``) when this one starts; without it such a folder is refused unless resuming
+            from its own checkpoints (see :mod:`matting.engine.run_dir`).
+
+    Nothing is written until :meth:`fit` starts the run: a run that fails to build leaves no file behind.
     """
 
-    def __init__(self, cfg: Config, resume: str | Path | None = None, progress: bool = True):
+    def __init__(
+        self, cfg: Config, resume: str | Path | None = None, progress: bool = True, restart: bool = False
+    ):
         self.cfg = cfg
-        self.dist: DistInfo = init_distributed(resolve_device(cfg.device))
-        self.device = self._device()
         self.out_dir = Path(cfg.output_dir)
         self.ckpt_dir = self.out_dir / "checkpoints"
+        # First, so that a bad output folder or checkpoint is refused before anything is built or written.
+        check_writable_dir(self.out_dir, "the run's outputs")
+        checkpoint = load_checkpoint(resume, map_location="cpu") if resume is not None else None
+        check_run_dir(self.out_dir, resume, restart)
+        self.restart = restart
+        self.dist: DistInfo = init_distributed(resolve_device(cfg.device))
+        self.device = self._device()
         main = self.dist.is_main
-        self.log = text_logger(self.out_dir / "train.log" if main else None, enabled=main)
-        self.board = Board(self.out_dir / "tb" if main else None)
+        self.log = text_logger(enabled=main)  # to train.log once the run starts
+        self.board = Board(None)
+        self.started = False
         self.progress = progress and main
         fast_cpu_math()
         seed_everything(cfg.seed)
@@ -117,9 +152,15 @@ class Trainer:
         self.test_items = self._build_test_set()
         self.sampler = EpochSampler(len(self.train_set), cfg.seed, self.dist.rank, self.dist.world_size)
         self.per_rank_batch = self._per_rank_batch()
+        self.steps_per_epoch = self._steps_per_epoch()
         self.state = TrainState()
-        if resume is not None:
-            self._resume(resume)
+        # Loss watch: recent healthy losses; whether the current state came from an exploding step; the step
+        # latest.pth holds (None: not written by this run).
+        self.losses: deque[float] = deque(maxlen=_LOSS_HISTORY)
+        self.exploding, self.last_loss = False, math.nan
+        self.saved_step: int | None = None
+        if checkpoint is not None:
+            self._resume(checkpoint, resume)
 
     # ---------------------------------------------------------------------------------------------- set-up
 
@@ -143,6 +184,15 @@ class Trainer:
         if bs % world:
             raise MattingError(f"train.batch_size={bs} must be divisible by the number of processes ({world})")
         return bs // world
+
+    def _steps_per_epoch(self) -> int:
+        steps = self.sampler.per_rank() // self.per_rank_batch
+        if steps == 0:
+            raise MattingError(
+                f"data: an epoch of {len(self.train_set)} samples is smaller than one batch per process "
+                f"({self.per_rank_batch}); raise data.samples_per_epoch"
+            )
+        return steps
 
     def _build_model(self) -> nn.Module:
         model = build_model_from_config(self.cfg.to_dict()["model"]).to(self.device)
@@ -212,7 +262,7 @@ class Trainer:
 
     def _checkpoint(self) -> dict[str, Any]:
         return {
-            "format": 1,
+            "format": CHECKPOINT_FORMAT,
             "model": unwrap(self.model).state_dict(),
             "config": self.cfg.to_dict(),
             "step": self.state.step,
@@ -227,13 +277,48 @@ class Trainer:
         }
 
     def save(self, name: str = "latest.pth") -> Path | None:
+        """Writes the current state to ``checkpoints/<name>`` (rank 0). A failed write is an OutputError saying
+        what the file still holds."""
         path = self.ckpt_dir / name
         if self.dist.is_main:
-            atomic_torch_save(self._checkpoint(), path)
+            try:
+                atomic_torch_save(self._checkpoint(), path)
+            except OutputError as exc:
+                held = (f"{name} still holds step {self.saved_step}" if name == "latest.pth" and
+                        self.saved_step is not None else f"the previous {name}, if any, is unchanged")
+                raise OutputError(f"{exc}; {held}") from None
+        if name == "latest.pth":
+            self.saved_step = self.state.step
         return path
 
-    def _resume(self, path: str | Path) -> None:
-        ckpt = load_checkpoint(path, map_location=self.device)
+    def _save_latest(self) -> bool:
+        """Saves latest.pth unless the current state comes from an exploding loss; returns whether it did."""
+        if not self.exploding:
+            self.save()
+            return True
+        self.log.warning("step %d: loss %.4g is over %gx the median of the recent steps (%.4g); latest.pth not "
+                         "saved (%s)", self.state.step, self.last_loss, EXPLODING_FACTOR,
+                         statistics.median(self.losses), self._latest_text())
+        return False
+
+    def _latest_text(self) -> str:
+        """What latest.pth holds, for messages."""
+        latest = self.ckpt_dir / "latest.pth"
+        if self.saved_step is not None:
+            return f"last good checkpoint: {latest} (step {self.saved_step})"
+        if latest.is_file():
+            return f"{latest} was not written by this run"
+        return "no checkpoint was saved"
+
+    def _watch_loss(self, loss: float) -> None:
+        """Marks the state exploding if ``loss`` is over EXPLODING_FACTOR x the median of recent healthy losses."""
+        self.last_loss = loss
+        self.exploding = (len(self.losses) >= _MIN_HISTORY
+                          and loss > EXPLODING_FACTOR * statistics.median(self.losses))
+        if not self.exploding:
+            self.losses.append(loss)
+
+    def _resume(self, ckpt: dict[str, Any], path: str | Path) -> None:
         # Keys added to the model section since the checkpoint was written take their defaults (head, init).
         old = {**dataclasses.asdict(ModelConfig()), **(ckpt["config"].get("model") or {})}
         new = self.cfg.to_dict()["model"]
@@ -244,7 +329,9 @@ class Trainer:
         self.scheduler.load_state_dict(ckpt["scheduler"])
         if self.scaler is not None and ckpt.get("scaler") is not None:
             self.scaler.load_state_dict(ckpt["scaler"])
-        set_rng_state({k: (v.cpu() if torch.is_tensor(v) else v) for k, v in ckpt["rng"].items()})
+        set_rng_state(ckpt["rng"])
+        if not self.restart and Path(path).resolve() == (self.ckpt_dir / "latest.pth").resolve():
+            self.saved_step = ckpt["step"]
         best = ckpt.get("best") or {}
         self.state = TrainState(
             step=ckpt["step"], epoch=ckpt["epoch"],
@@ -256,14 +343,8 @@ class Trainer:
 
     def _batches(self) -> Iterator[dict[str, torch.Tensor]]:
         """Batches from the current (epoch, position) onwards, across epoch boundaries, forever."""
-        steps_per_epoch = self.sampler.per_rank() // self.per_rank_batch
-        if steps_per_epoch == 0:
-            raise MattingError(
-                f"data: an epoch of {len(self.train_set)} samples is smaller than one batch per process "
-                f"({self.per_rank_batch}); raise data.samples_per_epoch"
-            )
         while True:
-            done_in_epoch = self.state.step - self._epoch_start_step(steps_per_epoch)
+            done_in_epoch = self.state.step - self._epoch_start_step(self.steps_per_epoch)
             self.sampler.set_position(self.state.epoch, done_in_epoch * self.per_rank_batch)
             self.train_set.set_epoch(self.state.epoch)
             for batch in self._loader():
@@ -300,7 +381,7 @@ class Trainer:
             shown = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in terms.items())
             raise TrainingDiverged(
                 f"loss is {float(total.detach())} at step {self.state.step + 1} ({shown}); stopped without saving; "
-                f"last good checkpoint: {self.ckpt_dir / 'latest.pth'} (lower train.lr or set train.grad_clip)"
+                f"{self._latest_text()} (lower train.lr or set train.grad_clip)"
             )
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
@@ -364,10 +445,24 @@ class Trainer:
 
     def _stop_on_signal(self, signum: int) -> None:
         """Saves latest.pth at the last completed step (a consistent state), then ends the run."""
-        self.save()
-        self.log.info("stopped by signal %d at step %d; saved %s (continue with --resume)",
-                      signum, self.state.step, self.ckpt_dir / "latest.pth")
+        saved = self._save_latest()
+        self.log.info("stopped by signal %d at step %d; %s (continue with --resume)", signum, self.state.step,
+                      f"saved {self.ckpt_dir / 'latest.pth'}" if saved else self._latest_text())
         raise KeyboardInterrupt
+
+    def _start_run(self) -> None:
+        """The run really starts: the earlier run is moved aside (restart), train.log and TensorBoard open.
+
+        TensorBoard hides the events of steps after the resumed one that a killed process had already logged.
+        """
+        if self.dist.is_main:
+            if not self.started:
+                moved = move_aside(self.out_dir) if self.restart else None
+                attach_log_file(self.log, self.out_dir / "train.log")
+                if moved is not None:
+                    self.log.info("moved the earlier run to %s (--restart)", moved)
+            self.board = Board(self.out_dir / "tb", purge_step=self.state.step + 1 if self.state.step else None)
+        self.started = True
 
     def fit(self, until: int | None = None) -> TrainState:
         """Trains until ``train.iterations`` (or only up to step ``until``, saving latest.pth there, as if the
@@ -376,6 +471,7 @@ class Trainer:
         Ctrl-C (SIGINT) or SIGTERM stops after the current step and saves latest.pth, so ``--resume`` continues.
         """
         cfg, t = self.cfg, self.cfg.train
+        self._start_run()
         self.log.info("run '%s': %s, %d process(es) on %s, batch %d, %d iterations -> %s",
                       cfg.name, f"{cfg.model.encoder}+{cfg.model.upsampler}", self.dist.world_size, self.device,
                       t.batch_size, t.iterations, self.out_dir)
@@ -405,15 +501,16 @@ class Trainer:
             while self.state.step < last:
                 try:
                     batch = self._to_device(next(batches))
-                except Exception:
+                except Exception as exc:
                     # Ctrl-C also reaches the loader's workers, which then die: that is the stop, not a crash.
                     if stop["signal"] is None:
-                        raise
+                        raise _one_line(exc) from None
                     batch = None
                 if batch is None:
                     self._stop_on_signal(stop["signal"])
                 total, terms, pred = self.train_step(batch)
                 self.state.step += 1
+                self._watch_loss(float(total))
                 seen += t.batch_size
                 for k, v in {"total": total, **terms}.items():
                     running[k] = running.get(k, 0.0) + float(v)
@@ -443,13 +540,19 @@ class Trainer:
                         self._report(summary, f"TEST SET {self.cfg.data.test_dir} ({len(self.test_items)} images; "
                                      "reported only, never used to pick best.pth)", "test_set")
                 if step % t.ckpt_every == 0 or step == last:
-                    self.save()
+                    self._save_latest()
                 if stop["signal"] is not None:
                     self._stop_on_signal(stop["signal"])
+        except MattingError as exc:  # the command line prints it; train.log must say why the run ended too
+            self.log.error("error: %s", exc, extra=FILE_ONLY)
+            raise
+        except Exception:
+            self.log.exception("crashed at step %d", self.state.step, extra=FILE_ONLY)
+            raise
         finally:
             bar.close()
             self.board.close()
             for sig, handler in old_handlers.items():
                 signal.signal(sig, handler)
-        self.log.info("done: %d steps; checkpoint %s", self.state.step, self.ckpt_dir / "latest.pth")
+        self.log.info("done: %d steps; %s", self.state.step, self._latest_text().removeprefix("last good "))
         return self.state

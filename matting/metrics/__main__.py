@@ -1,6 +1,6 @@
 """Command line: score a folder of predictions with the official Composition-1k metrics, or time them.
 
-    python -m matting.metrics --pred DIR --gt DIR --trimap DIR [--out metrics.csv] [--workers N]
+    python -m matting.metrics --pred DIR --gt DIR --trimap DIR [--out metrics.csv] [--workers N] [--allow-missing]
     python -m matting.metrics --bench [--bench-size 1920x1080] [--repeat 5]
 """
 
@@ -23,6 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--gt", help="folder of ground-truth alphas")
     parser.add_argument("--trimap", help="folder of trimaps, named like the predictions")
     parser.add_argument("--out", help="write a CSV: one row per image and a final 'mean' row")
+    parser.add_argument("--allow-missing", action="store_true",
+                        help="score the images that have a prediction when some have none (they are counted)")
     parser.add_argument("--workers", type=int, default=0, help="processes (default 0: one per core; 1: no pool)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--quiet", action="store_true", help="print only the means, not one line per image")
@@ -50,11 +52,20 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         parser.error(f"{', '.join(missing)} required (or --bench)")
 
-    from matting.metrics.batch import evaluate_folders, format_table, summarize, write_csv
+    from matting.data.io import check_output_file
+    from matting.metrics.batch import evaluate_folders, format_table, summarize, unpredicted, write_csv
 
-    rows = evaluate_folders(args.pred, args.gt, args.trimap, workers=args.workers, progress=not args.no_progress)
+    if args.out:
+        check_output_file(args.out, "the CSV")  # before scoring anything
+    rows = evaluate_folders(args.pred, args.gt, args.trimap, workers=args.workers, progress=not args.no_progress,
+                            allow_missing=args.allow_missing)
     summary = summarize(rows)
     print(format_table(rows, summary, per_image=not args.quiet))
+    left_out = unpredicted(args.pred, args.trimap) if args.allow_missing else []
+    if left_out:
+        shown = ", ".join(left_out[:10]) + (f" and {len(left_out) - 10} more" if len(left_out) > 10 else "")
+        print(f"{len(rows)} of {len(rows) + len(left_out)} images scored: {len(left_out)} without a prediction "
+              f"left out (--allow-missing): {shown}")
     if args.out:
         write_csv(rows, args.out, summary)
         print(f"wrote {args.out}")

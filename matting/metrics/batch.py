@@ -20,7 +20,16 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Iterable, NamedTuple, Sequence
 
-from matting.data.io import check_same_size, find_alpha, find_by_stem, list_images, png_header, read_gray
+from matting.data.io import (
+    atomic_path,
+    check_same_size,
+    find_alpha,
+    find_by_stem,
+    images_by_stem,
+    list_images,
+    png_header,
+    read_gray,
+)
 from matting.errors import MattingError
 from matting.metrics.official import NoUnknownPixelsWarning, compute_metrics
 
@@ -44,19 +53,31 @@ def _some(names: Sequence[str]) -> str:
 
 
 def pair_files(
-    pred_dir: str | os.PathLike, gt_dir: str | os.PathLike, trimap_dir: str | os.PathLike
+    pred_dir: str | os.PathLike,
+    gt_dir: str | os.PathLike,
+    trimap_dir: str | os.PathLike,
+    allow_missing: bool = False,
 ) -> list[ImagePaths]:
     """Pairs each prediction with its ground-truth alpha and trimap, sorted by prediction name.
 
+    Every trimap is an image to score: a trimap without a prediction is an error unless ``allow_missing``
+    (then only the predicted images are scored; :func:`unpredicted` names the others).
+
     Raises:
-        MattingError: a folder is missing or has no images, two predictions share a stem, or any alpha or
-            trimap is missing (all missing ones are counted and the first few named, in one line).
+        MattingError: a folder is missing or has no images, two predictions share a stem, any alpha or
+            trimap is missing, or (without ``allow_missing``) any prediction (all missing ones are counted and
+            the first few named, in one line).
     """
     preds = list_images(pred_dir)
     gt_dir, trimap_dir = Path(gt_dir), Path(trimap_dir)
     for d in (gt_dir, trimap_dir):
         if not d.is_dir():
             raise MattingError(f"{d}: folder not found")
+    missing = unpredicted(pred_dir, trimap_dir)
+    if missing and not allow_missing:
+        total = len(images_by_stem(trimap_dir))
+        raise MattingError(f"{pred_dir}: {len(missing)} of {total} images have no prediction: {_some(missing)} "
+                           f"(every trimap in {trimap_dir} is an image to score; --allow-missing scores the others)")
     stems: dict[str, Path] = {}
     for p in preds:
         if p.stem in stems:
@@ -81,6 +102,12 @@ def pair_files(
         raise MattingError(f"{pred_dir}: {len(preds) - len(items)} of {len(preds)} predictions unmatched; "
                            + "; ".join(parts))
     return items
+
+
+def unpredicted(pred_dir: str | os.PathLike, trimap_dir: str | os.PathLike) -> list[str]:
+    """The images (trimap names without suffix) that have no prediction in ``pred_dir``, sorted."""
+    predicted = {p.stem for p in list_images(pred_dir)}
+    return sorted(set(images_by_stem(trimap_dir)) - predicted)
 
 
 def _png_info(path: Path) -> tuple[int, int, int, int] | None:
@@ -208,6 +235,7 @@ def evaluate_folders(
     trimap_dir: str | os.PathLike,
     workers: int | None = None,
     progress: bool = True,
+    allow_missing: bool = False,
 ) -> list[dict]:
     """Pairs, checks and scores a folder of predictions (see the module docstring).
 
@@ -217,11 +245,12 @@ def evaluate_folders(
         trimap_dir: trimaps named like the predictions.
         workers: processes (None or 0: one per available core; 1: no pool).
         progress: show a tqdm progress bar on stderr.
+        allow_missing: score the predicted images when some have no prediction (else an error naming them).
     Returns:
         One dict per prediction, sorted by name: ``{"name": str, "sad", "mse", "grad", "conn": float}`` as the
         MATLAB drivers report them (MSE NaN, with a warning naming the trimap, when it has no 128 pixel).
     """
-    items = pair_files(pred_dir, gt_dir, trimap_dir)
+    items = pair_files(pred_dir, gt_dir, trimap_dir, allow_missing=allow_missing)
     check_files(items)
     return evaluate_items(items, workers=workers, progress=progress)
 
@@ -256,21 +285,12 @@ def write_csv(rows: Sequence[dict], path: str | os.PathLike, summary: dict | Non
     if p.is_dir():
         raise MattingError(f"{p}: is a folder; give a file name for the CSV")
     summary = summarize(rows) if summary is None else summary
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(CSV_COLUMNS)
-            for r in rows:
-                writer.writerow([r["name"]] + [repr(float(r[k])) for k in METRIC_KEYS])
-            writer.writerow(["mean"] + [repr(float(summary[k])) for k in METRIC_KEYS])
-        os.replace(tmp, p)
-    except OSError as exc:
-        raise MattingError(f"{p}: could not write the CSV ({exc.strerror or exc})") from exc
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_path(p) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(CSV_COLUMNS)
+        for r in rows:
+            writer.writerow([r["name"]] + [repr(float(r[k])) for k in METRIC_KEYS])
+        writer.writerow(["mean"] + [repr(float(summary[k])) for k in METRIC_KEYS])
 
 
 def format_table(rows: Sequence[dict], summary: dict | None = None, per_image: bool = True) -> str:
