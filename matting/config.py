@@ -5,7 +5,7 @@ with ``base: other.yaml`` (a path relative to the file) whose keys it overrides,
 overrides ``section.key=value`` (YAML-parsed values) come last. An unknown or mistyped key, a value of the wrong
 type or outside its choices is a one-line :class:`~matting.errors.MattingError` that names the key and the file.
 
-``python -m matting.config`` prints the reference table that the README carries; ``python -m matting.config
+``python -m matting.config`` prints the reference table that docs/config.md carries; ``python -m matting.config
 --show configs/demo.yaml [overrides]`` prints a resolved config.
 """
 
@@ -413,7 +413,7 @@ def _trainable_names(model_section: str) -> tuple[str, ...]:
 
 
 def reference_markdown() -> str:
-    """The config reference as a markdown table (the README carries this output)."""
+    """The config reference as a markdown table (docs/config.md carries this output)."""
     lines = ["| key | default | meaning |", "|---|---|---|"]
 
     def walk(cls: type, prefix: str) -> None:

@@ -11,10 +11,10 @@ H and W are dynamic but must be multiples of the network's output stride (16 for
 mobilenetv2): pad the bottom/right by reflection and crop the result back, as :class:`Matter` does (the
 exported graph does not pad; the stride is stored in the ONNX metadata as ``output_stride``).
 
-ONNX goes by default through the TorchScript-based ``torch.onnx.export(..., dynamo=False)`` (opset 17): with
-torch 2.14 it takes seconds and keeps batch, height and width dynamic. ``--exporter dynamo`` uses the
-torch.export-based exporter (onnxscript, opset 18) instead: height and width dynamic, batch fixed to 1, and
-about a minute even for a tiny network (symbolic-shape reasoning). Both are offline. TorchScript is
+ONNX goes by default through the TorchScript-based ``torch.onnx.export(..., dynamo=False)`` (opset 17): fast,
+and batch, height and width stay dynamic. ``--exporter dynamo`` uses the torch.export-based exporter
+(onnxscript, opset 18) instead: height and width dynamic, batch fixed to 1, and much slower even for a tiny
+network (symbolic-shape reasoning). Both are offline. TorchScript is
 ``torch.jit.trace`` of the same module (deprecated upstream, still loadable from C++ without Python).
 FADE is exported with its plain-op formulations (``reassembly="reference"``, unfolded compressors) instead of
 the memory-lean custom ops that ONNX runtimes do not have: same values, more memory at high resolution.
@@ -100,8 +100,8 @@ def export_model(
         fmt: "onnx" or "torchscript".
         opset: ONNX opset; default 17 (torchscript exporter) or 18 (dynamo exporter).
         exporter: for ONNX, "torchscript" (``torch.onnx.export(dynamo=False)``: batch, height and width dynamic;
-            seconds) or "dynamo" (the torch.export-based exporter: height and width dynamic, batch 1; about a
-            minute even for a tiny network, in symbolic-shape reasoning).
+            fast) or "dynamo" (the torch.export-based exporter: height and width dynamic, batch 1; much slower
+            even for a tiny network, in symbolic-shape reasoning).
     The model is exported on the CPU in float32; the caller's model is not modified. The file is written under
     a temporary name and renamed: a failed write (OutputError) leaves nothing at ``path``.
     """

@@ -4,7 +4,9 @@ Compares ``read_rgb`` (read the bytes, check the JPEG/PNG end, ``cv2.imdecode``)
 (``cv2.imread``), on generated photo-like images in a temporary folder, and times the end check alone. Prints a
 markdown table; each figure is the minimum over interleaved rounds, so load from other processes shows less.
 
-    .venv/bin/python scripts/bench_image_read.py [--rounds 15] [--reads 5]
+    .venv/bin/python scripts/bench_image_read.py [--rounds 15] [--reads 5] [--write-docs [docs/benchmarks.md]]
+
+``--write-docs`` also writes the table into the ``image-read`` section of docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
 from matting.data import io  # noqa: E402
+from matting.utils import bench_docs  # noqa: E402
 
 SIZES = ((480, 640), (1080, 1920))
 
@@ -43,15 +46,13 @@ def per_read_ms(fn, arg, reads: int) -> float:
     return (time.perf_counter() - tic) / reads * 1e3
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rounds", type=int, default=15)
-    parser.add_argument("--reads", type=int, default=5)
-    args = parser.parse_args()
-    cv2.setNumThreads(1)
+def measure(args: argparse.Namespace) -> str:
+    """Prints the table row by row (as each is measured) and returns it."""
     rng = np.random.default_rng(0)
-    print("| file | KB | before: cv2.imread ms | after: read_rgb ms | end check alone ms |")
-    print("|---|---|---|---|---|")
+    lines = [f"cv2.setNumThreads(1), generated photo-like images, minimum of {args.rounds} interleaved rounds of "
+             f"{args.reads} reads", "",
+             "| file | KB | before: cv2.imread ms | after: read_rgb ms | end check alone ms |", "|---|---|---|---|---|"]
+    print("\n".join(lines), flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         for h, w in SIZES:
             image = photo_like(h, w, rng)
@@ -65,8 +66,24 @@ def main() -> None:
                     times["before"].append(per_read_ms(before, path, args.reads))
                     times["after"].append(per_read_ms(io.read_rgb, path, args.reads))
                     times["check"].append(per_read_ms(check, data, args.reads))
-                print(f"| {w}x{h} {label} | {len(data) // 1024} | {min(times['before']):.2f} | "
-                      f"{min(times['after']):.2f} | {min(times['check']):.3f} |")
+                lines.append(f"| {w}x{h} {label} | {len(data) // 1024} | {min(times['before']):.2f} | "
+                             f"{min(times['after']):.2f} | {min(times['check']):.3f} |")
+                print(lines[-1], flush=True)
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--reads", type=int, default=5)
+    bench_docs.add_argument(parser)
+    args = parser.parse_args()
+    cv2.setNumThreads(1)
+    try:
+        bench_docs.measure_and_write(args.write_docs, "image-read", "python scripts/bench_image_read.py",
+                                     sys.argv[1:], lambda: measure(args))
+    except bench_docs.DocsSectionError as exc:
+        sys.exit(f"error: {exc}")
 
 
 if __name__ == "__main__":

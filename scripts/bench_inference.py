@@ -3,6 +3,7 @@
 
     .venv/bin/python scripts/bench_inference.py                       # resnet34 + FADE, 1 2 4 8 Mpx, CPU
     .venv/bin/python scripts/bench_inference.py --sizes 1 2 --tile 1024 --device cuda
+    .venv/bin/python scripts/bench_inference.py --write-docs          # also into docs/benchmarks.md
 
 Each size runs ``Matter.predict`` (the evaluation/inference path: padding, make_input, network, crop, clamp)
 once on a random 4:3 image with a realistic trimap, in its own subprocess so that ``ru_maxrss`` is the peak of
@@ -11,6 +12,9 @@ that size alone. Prints a markdown table: seconds of the prediction, peak reside
 the peak allocated GPU memory. Weights are random (no checkpoint needed): time and memory do not depend on
 their values. A child whose resident memory passes ``--limit-gb`` is killed and reported, so a size that does
 not fit cannot take the machine down.
+
+``--write-docs`` writes the table into the ``inference`` section of docs/benchmarks.md (``inference-tile`` with
+``--tile``; ``-cuda`` is appended to the name on a GPU).
 """
 
 from __future__ import annotations
@@ -26,10 +30,12 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from matting.utils import bench_docs  # noqa: E402
 
 
 def child(args: argparse.Namespace) -> None:
-    sys.path.insert(0, str(REPO))
     import numpy as np
     import torch
 
@@ -109,6 +115,7 @@ def main() -> None:
     p.add_argument("--tile-margin", type=int, default=128)
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     p.add_argument("--limit-gb", type=float, default=20.0, help="kill a size whose resident memory passes this")
+    bench_docs.add_argument(p)
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--mpx", type=float, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -116,19 +123,32 @@ def main() -> None:
         child(args)
         return
 
+    section = ("inference-tile" if args.tile else "inference") + ("-cuda" if args.device.startswith("cuda") else "")
+    try:
+        bench_docs.measure_and_write(args.write_docs, section, "python scripts/bench_inference.py", sys.argv[1:],
+                                     lambda: measure(args))
+    except bench_docs.DocsSectionError as exc:
+        sys.exit(f"error: {exc}")
+
+
+def measure(args: argparse.Namespace) -> str:
+    """Runs every size in its own process; prints the table row by row and returns it."""
     tiling = f"tiles {args.tile} px + {args.tile_margin} px margin" if args.tile else "whole image"
-    print(f"{args.encoder} + {args.upsampler}, {args.device}, amp {args.amp}, {tiling}, batch 1, "
-          f"{os.cpu_count()} CPUs visible\n")
-    print("| Mpx | H x W | seconds | peak RSS MB | RSS before predict MB | peak GPU MB |")
-    print("|---|---|---|---|---|---|")
+    lines = [f"{args.encoder} + {args.upsampler}, {args.device}, amp {args.amp}, {tiling}, batch 1, "
+             f"{os.cpu_count()} CPUs visible", "",
+             "| Mpx | H x W | seconds | peak RSS MB | RSS before predict MB | peak GPU MB |",
+             "|---|---|---|---|---|---|"]
+    print("\n".join(lines), flush=True)
     for mpx in args.sizes:
         r = run_size(args, mpx)
         if "error" in r:
-            print(f"| {mpx:g} | - | - | - | - | {r['error']} |", flush=True)
-            continue
-        gpu = "-" if r["gpu_mb"] is None else f"{r['gpu_mb']:.0f}"
-        print(f"| {mpx:g} | {r['h']} x {r['w']} | {r['seconds']:.1f} | {r['peak_mb']:.0f} | {r['before_mb']:.0f} "
-              f"| {gpu} |", flush=True)
+            lines.append(f"| {mpx:g} | - | - | - | - | {r['error']} |")
+        else:
+            gpu = "-" if r["gpu_mb"] is None else f"{r['gpu_mb']:.0f}"
+            lines.append(f"| {mpx:g} | {r['h']} x {r['w']} | {r['seconds']:.1f} | {r['peak_mb']:.0f} | "
+                         f"{r['before_mb']:.0f} | {gpu} |")
+        print(lines[-1], flush=True)
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,10 @@ markdown table. The first max(1, workers) batches of every run are excluded (wor
 
     .venv/bin/python scripts/bench_loader.py                      # every preset at its crop and at 160
     .venv/bin/python scripts/bench_loader.py --workers 0 2 4 --batches 20
+    .venv/bin/python scripts/bench_loader.py --write-docs              # also into docs/benchmarks.md
+
+``--write-docs`` writes the table into the ``loader`` section of docs/benchmarks.md (``loader-cache`` with
+``--cache``).
 
 The loader keeps up with training when samples/s >= batch size / (seconds per training iteration). On a shared
 machine wall-clock rates are noisy; the main-process CPU time per sample (workers = 0) is the loader's own cost:
@@ -15,8 +19,6 @@ one free core delivers about 1000 / (CPU ms) samples per second.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -33,6 +35,7 @@ from matting.data.augment import make_augment_config  # noqa: E402
 from matting.data.io import write_jpeg  # noqa: E402
 from matting.data.train_dataset import CompositionDataset, worker_init_fn  # noqa: E402
 from matting.errors import MattingError, cli  # noqa: E402
+from matting.utils import bench_docs  # noqa: E402
 
 
 def smooth_rgb(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
@@ -94,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2])
     parser.add_argument("--small-crop", type=int, default=160, help="also run every preset at this crop (0: skip)")
     parser.add_argument("--cache", action="store_true", help="decode images once up front (CompositionDataset cache)")
+    bench_docs.add_argument(parser)
     args = parser.parse_args(argv)
     if args.fgs < 1 or args.bgs < 1 or args.batch_size < 1 or args.batches < 1 or min(args.workers) < 0:
         raise MattingError("--fgs, --bgs, --batch-size and --batches must be >= 1 and --workers >= 0")
@@ -101,13 +105,25 @@ def main(argv: list[str] | None = None) -> int:
     runs = [("indexnet", 320), ("gca", 512), ("a2u", 512)]
     if args.small_crop:
         runs += [(preset, args.small_crop) for preset in ("indexnet", "gca", "a2u")]
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs visible, "
-          f"torch {torch.__version__}, OpenCV {cv2.__version__}; cache={args.cache}; batch size {args.batch_size}, "
-          f"{args.batches} timed batches per run\n")
+    section = "loader-cache" if args.cache else "loader"
+    try:
+        bench_docs.measure_and_write(args.write_docs, section, "python scripts/bench_loader.py",
+                                     sys.argv[1:] if argv is None else argv, lambda: measure(args, runs))
+    except bench_docs.DocsSectionError as exc:
+        raise MattingError(str(exc)) from None
+    return 0
+
+
+def measure(args: argparse.Namespace, runs: list[tuple[str, int]]) -> str:
+    """Times every (preset, crop) of ``runs`` with every worker count; prints the table row by row, returns it."""
+    lines = [f"OpenCV {cv2.__version__}, cache={args.cache}, batch size {args.batch_size}, {args.batches} timed "
+             f"batches per run, {args.fgs} generated JPEG foregrounds of 1000-2000 px, {args.bgs} 640x480 backgrounds",
+             "",
+             "| preset | crop | windows | workers | samples/s | wall ms/sample | main-process CPU ms/sample |",
+             "|---|---|---|---|---|---|---|"]
+    print("\n".join(lines), flush=True)
     with tempfile.TemporaryDirectory(prefix="bench_loader_") as tmp:
         fgs, alphas, bgs = make_data(Path(tmp), args.fgs, args.bgs, seed=0)
-        print("| preset | crop | windows | workers | samples/s | wall ms/sample | main-process CPU ms/sample |")
-        print("|---|---|---|---|---|---|---|")
         for preset, crop in runs:
             cfg = make_augment_config(preset, crop_size=crop)
             dataset = CompositionDataset(fgs, alphas, bgs, cfg, seed=0, cache=args.cache)
@@ -115,9 +131,9 @@ def main(argv: list[str] | None = None) -> int:
                 sps, cpu = samples_per_second(dataset, workers, args.batch_size, args.batches)
                 windows = "/".join(str(w) for w in cfg.windows)
                 cpu_ms = f"{1000 * cpu:.0f}" if workers == 0 else "-"
-                print(f"| {preset} | {crop} | {windows} | {workers} | {sps:.1f} | {1000 / sps:.0f} | {cpu_ms} |",
-                      flush=True)
-    return 0
+                lines.append(f"| {preset} | {crop} | {windows} | {workers} | {sps:.1f} | {1000 / sps:.0f} | {cpu_ms} |")
+                print(lines[-1], flush=True)
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

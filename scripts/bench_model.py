@@ -5,6 +5,7 @@
     python scripts/bench_model.py --train --crop 320 --batch 4          # training iterations per second
     python scripts/bench_model.py --sizes 1024 --profile                # + the top ops of each case
     python scripts/bench_model.py --config configs/demo.yaml --train --crop 128 --batch 8   # a config's network
+    python scripts/bench_model.py --sizes 1024 --write-docs             # also into docs/benchmarks.md
 
 Every case runs in a fresh subprocess, so one case's allocations cannot hide another's peak. Peak memory on
 CPU is the subprocess's peak resident set size (``ru_maxrss``) minus that of an idle subprocess that only
@@ -12,6 +13,9 @@ imports torch and this package: weights, input, activations and allocator worksp
 ``torch.cuda.max_memory_allocated()`` (tensors only, excluding the CUDA context). Inference runs under
 ``torch.inference_mode()`` with batch 1 in eval mode; the time is per image, after ``--warmup`` untimed runs,
 median (and minimum) of ``--repeats`` runs. On a shared machine the minimum is the steadier number.
+
+``--write-docs`` writes the table into the ``model-inference`` section of docs/benchmarks.md (``model-training``
+with ``--train``; ``-<config name>`` is appended with ``--config``, ``-cuda`` on a GPU).
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from matting.utils import bench_docs  # noqa: E402
 
 
 # ------------------------------------------------------------------------------------------------ worker
@@ -197,6 +203,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--profile", action="store_true", help="print torch profiler top ops and per-stage times")
     p.add_argument("--layout", choices=["auto", "nchw", "channels_last"], default="auto",
                    help="memory layout; auto: channels-last for CPU inference (as Matter runs it), else NCHW")
+    bench_docs.add_argument(p)
     p.add_argument("--worker", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -233,13 +240,23 @@ def main(argv: list[str] | None = None) -> int:
     device = args.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    section = "model-training" if args.train else "model-inference"
+    section += (f"-{Path(args.config).stem}" if args.config else "") + ("-cuda" if device.startswith("cuda") else "")
+    try:
+        bench_docs.measure_and_write(args.write_docs, section, "python scripts/bench_model.py",
+                                     sys.argv[1:] if argv is None else argv, lambda: measure(args, model_cfg, device))
+    except bench_docs.DocsSectionError as exc:
+        sys.exit(f"error: {exc}")
+    return 0
+
+
+def measure(args: argparse.Namespace, model_cfg, device: str) -> str:
+    """Runs every (encoder, size, upsampler) case in its own process; prints the table and returns it."""
     stride = {"resnet34": 16, "mobilenetv2": 32}
     channels_last = args.layout == "channels_last" or (args.layout == "auto" and device == "cpu" and not args.train)
     base = {"device": device, "threads": args.threads, "repeats": args.repeats, "warmup": args.warmup,
             "profile": args.profile, "channels_last": channels_last}
     idle = spawn({**base, "kind": "idle"})["peak_mib"] if device == "cpu" else 0.0
-    mem_note = (f"peak RSS minus an idle process's ({idle:.0f} MiB)" if device == "cpu"
-                else "torch.cuda.max_memory_allocated")
 
     cases = []
     for enc in args.encoders:
@@ -251,7 +268,6 @@ def main(argv: list[str] | None = None) -> int:
         cases += [(enc, s) for s in sides]
 
     rows = []
-    reference: dict[tuple[str, int], float] = {}
     for enc, side in cases:
         for up in args.upsamplers:
             case = {**base, "kind": "train" if args.train else "infer", "encoder": enc, "upsampler": up,
@@ -261,42 +277,47 @@ def main(argv: list[str] | None = None) -> int:
                 if up == model_cfg.upsampler:
                     case["upsampler_options"] = model_cfg.upsampler_options
             r = spawn(case)
-            med, best = statistics.median(r["times"]), min(r["times"])
-            peak = r["peak_mib"] - idle
-            if up == "bilinear":
-                reference[enc, side] = best
-            rows.append((enc, up, side, r, med, best, peak))
+            rows.append((enc, up, side, r, statistics.median(r["times"]), min(r["times"]), r["peak_mib"] - idle))
             if args.profile:
                 print(f"\n### {enc} + {up} at {side}x{side}\n\n```\n{r['profile']}```")
                 for name, t in r.get("stage_times", {}).items():
                     print(f"- {name}: {t * 1000:.1f} ms")
             sys.stdout.flush()
+    table = format_table(args, model_cfg, device, channels_last, idle, rows)
+    print(table)
+    return table
 
+
+def format_table(args: argparse.Namespace, model_cfg, device: str, channels_last: bool, idle: float,
+                 rows: list[tuple]) -> str:
+    """The markdown table of ``measure``'s rows, under lines saying the setting."""
     threads = rows[0][3]["threads"] if rows else 0
     layout = "channels-last" if channels_last else "NCHW"
-    print(f"\ndevice {device}, {threads} threads, {layout}; memory: {mem_note}")
+    mem_note = (f"peak RSS minus an idle process's ({idle:.0f} MiB)" if device == "cpu"
+                else "torch.cuda.max_memory_allocated")
+    lines = [f"device {device}, {threads} threads, {layout}; memory: {mem_note}"]
     if model_cfg is not None:
-        print(f"network of {args.config}: model.options {model_cfg.options}")
+        lines.append(f"network of {args.config}: model.options {model_cfg.options}")
     if args.train:
-        print(f"training: batch {args.batch}, crop {args.crop}, Adam, 0.5 Charbonnier + 0.5 composition\n")
-        print("| encoder | upsampler | parameters | MACs / sample | it/s (median) | it/s (best) | peak MiB |")
-        print("|---|---|---:|---:|---:|---:|---:|")
+        lines += [f"training: batch {args.batch}, crop {args.crop}, Adam, 0.5 Charbonnier + 0.5 composition", "",
+                  "| encoder | upsampler | parameters | MACs / sample | it/s (median) | it/s (best) | peak MiB |",
+                  "|---|---|---:|---:|---:|---:|---:|"]
     else:
-        print("inference, batch 1, torch.inference_mode\n")
-        print("| encoder | upsampler | input | parameters | MACs | s / image (median) | s / image (best) "
-              "| x bilinear (best) | peak MiB |")
-        print("|---|---|---|---:|---:|---:|---:|---:|---:|")
+        lines += ["inference, batch 1, torch.inference_mode", "",
+                  "| encoder | upsampler | input | parameters | MACs | s / image (median) | s / image (best) "
+                  "| x bilinear (best) | peak MiB |", "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    reference = {(enc, side): best for enc, up, side, _, _, best, _ in rows if up == "bilinear"}
     for enc, up, side, r, med, best, peak in rows:
         macs = f"{r['macs'] / 1e9:.1f}G"
         if args.train:
-            print(f"| {enc} | {up} | {r['params'] / 1e6:.2f}M | {macs} | {1 / med:.2f} | {1 / best:.2f} "
-                  f"| {peak:.0f} |")
+            lines.append(f"| {enc} | {up} | {r['params'] / 1e6:.2f}M | {macs} | {1 / med:.2f} | {1 / best:.2f} "
+                         f"| {peak:.0f} |")
         else:
             ref = reference.get((enc, side))
             ratio = f"{best / ref:.2f}" if ref else "-"
-            print(f"| {enc} | {up} | {side}x{side} | {r['params'] / 1e6:.2f}M | {macs} | {med:.3f} | {best:.3f} "
-                  f"| {ratio} | {peak:.0f} |")
-    return 0
+            lines.append(f"| {enc} | {up} | {side}x{side} | {r['params'] / 1e6:.2f}M | {macs} | {med:.3f} "
+                         f"| {best:.3f} | {ratio} | {peak:.0f} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

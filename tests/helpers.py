@@ -6,6 +6,21 @@ import torch
 from torch import nn
 
 
+def random_batch(b: int = 2, h: int = 48, w: int = 56, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A training batch of random values, as the losses and the training step take it.
+
+    Returns ``alpha`` (b,1,h,w) float in [0,1]; ``fg``, ``bg`` (b,3,h,w) float in [0,1]; ``image`` their
+    composite ``alpha * fg + (1 - alpha) * bg``; ``trimap`` (b,1,h,w) uint8 drawn uniformly from {0, 128, 255}.
+    The same ``seed`` gives the same batch on every machine.
+    """
+    g = torch.Generator().manual_seed(seed)
+    alpha = torch.rand(b, 1, h, w, generator=g)
+    fg, bg = torch.rand(b, 3, h, w, generator=g), torch.rand(b, 3, h, w, generator=g)
+    codes = torch.tensor([0, 128, 255], dtype=torch.uint8)
+    trimap = codes[torch.randint(0, 3, (b, 1, h, w), generator=g)]
+    return {"alpha": alpha, "fg": fg, "bg": bg, "image": alpha * fg + (1 - alpha) * bg, "trimap": trimap}
+
+
 def trained_head(model: nn.Module, seed: int = 0) -> nn.Module:
     """Gives a new network's head random weights, as if it had been trained, and returns the model.
 

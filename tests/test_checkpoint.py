@@ -80,6 +80,7 @@ def test_python_api_refuses_code_in_a_checkpoint(evil):
     assert not (path.parent / "run").exists()
 
 
+@pytest.mark.slow
 def test_every_command_refuses_code_in_a_checkpoint(evil, tmp_path, capsys):
     path, marker = evil
     make_test_folder(tmp_path / "test")
@@ -102,6 +103,7 @@ def test_every_command_refuses_code_in_a_checkpoint(evil, tmp_path, capsys):
     assert not any((tmp_path / name).exists() for name in ("o", "e", "m.pt", "run"))
 
 
+@pytest.mark.slow
 def test_refusal_from_a_fresh_process_is_one_line(tmp_path):
     marker = tmp_path / "MARKER"
     path = tmp_path / "evil.pth"
@@ -123,6 +125,7 @@ def test_rng_state_round_trips_through_a_weights_only_file(tmp_path):
     assert torch.equal(expected[0], got[0]) and np.array_equal(expected[1], got[1]) and expected[2] == got[2]
 
 
+@pytest.mark.slow
 def test_format_1_checkpoints_still_load(tmp_path):
     """Written before this change: the RNG states as numpy's and Python's own objects (a uint32 ndarray)."""
     model = build_model(**TINY_MODEL)

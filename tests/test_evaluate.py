@@ -224,6 +224,7 @@ def test_cli_user_errors_exit_2_with_one_line(tmp_path, checkpoint, capsys):
     assert err.startswith("error: ") and "\n" not in err and "none.pth" in err
 
 
+@pytest.mark.slow
 def test_eval_script_runs_the_module_from_any_directory(tmp_path):
     import subprocess
 

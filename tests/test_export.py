@@ -41,6 +41,7 @@ def exported(checkpoint, tmp_path_factory):
     }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
 def test_export_matches_pytorch(exported, fmt):
     matter, paths = exported
@@ -55,6 +56,7 @@ def test_export_matches_pytorch(exported, fmt):
         assert 0 < expected[trimap == 128].std()  # the comparison is not between two constants
 
 
+@pytest.mark.slow
 def test_onnx_batch_is_dynamic(exported):
     matter, paths = exported
     (a, ta), (b, tb) = sample(64, 64, 2), sample(64, 64, 3)
@@ -64,6 +66,7 @@ def test_onnx_batch_is_dynamic(exported):
     np.testing.assert_allclose(got[1, 0], matter.predict(b, tb), atol=3e-5, rtol=0)
 
 
+@pytest.mark.slow
 def test_onnx_records_the_output_stride_and_uses_standard_ops(exported):
     import onnx
 
@@ -73,6 +76,7 @@ def test_onnx_records_the_output_stride_and_uses_standard_ops(exported):
     assert {n.domain for n in proto.graph.node} <= {"", "ai.onnx"}
 
 
+@pytest.mark.slow
 def test_cli_exports_next_to_the_checkpoint_and_verifies(checkpoint, capsys):
     assert main(["--checkpoint", str(checkpoint), "--format", "onnx"]) == 0
     out = capsys.readouterr().out.strip().splitlines()

@@ -65,6 +65,7 @@ def test_single_pair_to_folder(tmp_path, checkpoint, matter, capsys):
     assert not (tmp_path / "out" / "cutout").exists() and not (tmp_path / "out" / "foreground").exists()
 
 
+@pytest.mark.slow
 def test_png_out_with_foreground_and_cutout(tmp_path, checkpoint):
     image, trimap = make_pair(seed=1)
     img_path, tri_path = write_pair(tmp_path, "photo", image, trimap)
@@ -86,6 +87,7 @@ def test_png_out_with_foreground_and_cutout(tmp_path, checkpoint):
     np.testing.assert_array_equal(cut[:, :, 2::-1], fg)  # OpenCV's BGRA -> RGB
 
 
+@pytest.mark.slow
 def test_grey_rgba_and_16bit_inputs(tmp_path, checkpoint, matter):
     image, trimap = make_pair(seed=2)
     grey = image[:, :, 0]
@@ -104,6 +106,7 @@ def test_grey_rgba_and_16bit_inputs(tmp_path, checkpoint, matter):
     assert not np.array_equal(read_gray(out / "grey.png"), read_gray(out / "rgba.png"))
 
 
+@pytest.mark.slow
 def test_folders_pair_by_stem(tmp_path, checkpoint, matter, capsys):
     pairs = {f"img{k}": make_pair(30 + 4 * k, 44, seed=k) for k in range(3)}
     for stem, (image, trimap) in pairs.items():
@@ -155,6 +158,7 @@ def test_missing_checkpoint_exit_2(tmp_path, capsys):
     assert "none.pth" in one_line_error(capsys)
 
 
+@pytest.mark.slow
 def test_module_entry_point_reports_user_errors_without_traceback(tmp_path):
     image, _ = make_pair(40, 50)
     _, trimap = make_pair(30, 50)

@@ -21,6 +21,8 @@ from matting.losses import (
     laplacian_pyramid,
 )
 
+from helpers import random_batch
+
 ALPHA_LOSSES = {
     "alpha_charbonnier": alpha_charbonnier_loss,
     "alpha_l1": alpha_l1_loss,
@@ -38,15 +40,6 @@ def trimap_of(values) -> torch.Tensor:
 
 def full_unknown(b: int, h: int, w: int) -> torch.Tensor:
     return torch.full((b, 1, h, w), 128, dtype=torch.uint8)
-
-
-def random_batch(b: int = 2, h: int = 48, w: int = 56, seed: int = 0) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    alpha = torch.rand(b, 1, h, w, generator=g)
-    fg, bg = torch.rand(b, 3, h, w, generator=g), torch.rand(b, 3, h, w, generator=g)
-    codes = torch.tensor([0, 128, 255], dtype=torch.uint8)
-    trimap = codes[torch.randint(0, 3, (b, 1, h, w), generator=g)]
-    return {"alpha": alpha, "fg": fg, "bg": bg, "image": alpha * fg + (1 - alpha) * bg, "trimap": trimap}
 
 
 # ------------------------------------------------------------------------------------------- known values

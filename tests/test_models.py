@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import socket
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -29,13 +30,15 @@ from matting.models import (
 )
 from matting.upsamplers import UPSAMPLERS, available_upsamplers
 
-from helpers import trained_head
+from helpers import random_batch, trained_head
+
+REPO = Path(__file__).resolve().parents[1]
 
 # Odd multiples of the output stride: 3 x 5 at the deepest level.
 ODD_SIZE = {"resnet34": (48, 80), "mobilenetv2": (96, 160)}
 STRIDE = {"resnet34": 16, "mobilenetv2": 32}
 
-# The numbers of the README's parameter table (default options, every stage on the named upsampler).
+# The numbers of docs/network.md's parameter table (default options, every stage on the named upsampler).
 PARAMETERS = {
     ("resnet34", "bilinear"): 8_048_993,  # the official network's 8,049,003 less its head's 10 (see MattingHead)
     ("resnet34", "fade"): 8_173_001,
@@ -46,18 +49,10 @@ PARAMETERS = {
 }
 
 
-def batch_of(b: int, h: int, w: int, seed: int = 0) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    alpha = torch.rand(b, 1, h, w, generator=g)
-    fg, bg = torch.rand(b, 3, h, w, generator=g), torch.rand(b, 3, h, w, generator=g)
-    codes = torch.tensor([0, 128, 255], dtype=torch.uint8)
-    trimap = codes[torch.randint(0, 3, (b, 1, h, w), generator=g)]
-    return {"alpha": alpha, "fg": fg, "bg": bg, "image": alpha * fg + (1 - alpha) * bg, "trimap": trimap}
-
-
 # ----------------------------------------------------------------------------------------------- shapes
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("upsampler", available_upsamplers())
 @pytest.mark.parametrize("encoder", ["resnet34", "mobilenetv2"])
 def test_every_encoder_upsampler_pair_on_odd_sizes(encoder, upsampler):
@@ -118,6 +113,7 @@ def test_resnet34_is_the_paper_network():
     assert slopes == {0.01} and not any(isinstance(m, nn.ReLU) for m in model.modules())
 
 
+@pytest.mark.slow
 def test_resnet34_fade_gets_the_pre_downsampling_encoder_features():
     model = build_model("resnet34", "fade").eval()
     seen, pre = [], {}
@@ -134,6 +130,7 @@ def test_resnet34_fade_gets_the_pre_downsampling_encoder_features():
     torch.testing.assert_close(seen[2], torch.nn.functional.max_pool2d(pre["l0"], 2))
 
 
+@pytest.mark.slow
 def test_mobilenetv2_layout_and_projection_when_widths_differ():
     model = build_model("mobilenetv2", "fade")
     assert [s.up.channels for s in model.decoder.stages] == [96, 32, 24, 16, 16]
@@ -156,11 +153,12 @@ def test_mobilenetv2_layout_and_projection_when_widths_differ():
 @pytest.mark.parametrize(
     "encoder,upsampler", [("resnet34", "fade"), ("mobilenetv2", "fade"), ("mobilenetv2", "bilinear")]
 )
+@pytest.mark.slow
 def test_gradients_reach_every_parameter(encoder, upsampler):
     torch.manual_seed(0)
     model = trained_head(build_model(encoder, upsampler).train())
     h, w = ODD_SIZE[encoder]
-    batch = batch_of(2, h, w)
+    batch = random_batch(2, h, w)
     total, _ = MattingLoss({"alpha_l1": 1.0, "composition": 1.0})(
         model(make_input(batch["image"], batch["trimap"])), batch
     )
@@ -169,10 +167,11 @@ def test_gradients_reach_every_parameter(encoder, upsampler):
     assert dead == []
 
 
+@pytest.mark.slow
 def test_head_starts_at_zero_then_passes_gradients_on():
     torch.manual_seed(0)
     model = build_model("mobilenetv2", "bilinear", width_mult=0.5).train()
-    batch = batch_of(2, 64, 64, seed=1)
+    batch = random_batch(2, 64, 64, seed=1)
     x = make_input(batch["image"], batch["trimap"])
     assert torch.count_nonzero(model(x)) == 0  # the untrained network predicts alpha = 0
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -186,10 +185,11 @@ def test_head_starts_at_zero_then_passes_gradients_on():
     assert stem.grad.abs().sum() > 0  # ... and from the second on the whole network does
 
 
+@pytest.mark.slow
 def test_one_step_lowers_the_loss():
     torch.manual_seed(0)
     model = build_model("mobilenetv2", "fade").train()
-    batch = batch_of(2, 64, 64, seed=1)
+    batch = random_batch(2, 64, 64, seed=1)
     x = make_input(batch["image"], batch["trimap"])
     criterion = MattingLoss()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -207,6 +207,7 @@ def test_one_step_lowers_the_loss():
     assert after.item() < before.item()
 
 
+@pytest.mark.slow
 def test_aspp_options():
     model = build_model("resnet34", "bilinear", aspp_dilations=[1, 2, 3], aspp_pooling=False)
     assert [b[0][0].dilation for b in model.context.branches3x3] == [(1, 1), (2, 2), (3, 3)]
@@ -222,11 +223,13 @@ def test_aspp_options():
         build_model("resnet34", "bilinear", aspp_pooling="no")
 
 
+@pytest.mark.slow
 def test_batch_of_one_trains():
     model = build_model("mobilenetv2", "bilinear").train()
     model(torch.randn(1, 4, 64, 64)).mean().backward()  # ASPP's pooling branch must not need B > 1
 
 
+@pytest.mark.slow
 def test_predict_alpha_clamps():
     model = trained_head(build_model("mobilenetv2", "bilinear")).eval()
     with torch.no_grad():
@@ -257,6 +260,7 @@ def _encoder_bn_stats(model):
     return {n: b.clone() for n, b in model.encoder.named_buffers() if "running" in n}
 
 
+@pytest.mark.slow
 def test_frozen_bn_stays_frozen_across_train_calls():
     torch.manual_seed(0)
     model = build_model("resnet34", "bilinear", freeze_bn=True)
@@ -280,6 +284,7 @@ def test_frozen_bn_stays_frozen_across_train_calls():
     assert not torch.equal(before["bn1.running_mean"], _encoder_bn_stats(plain)["bn1.running_mean"])
 
 
+@pytest.mark.slow
 def test_frozen_bn_equals_eval_bn_and_checkpoints_interchange():
     torch.manual_seed(0)
     plain = build_model("mobilenetv2", "bilinear")
@@ -408,6 +413,7 @@ def test_download_gives_up_on_a_hanging_name_lookup(tmp_path, monkeypatch):
     assert time.monotonic() - start < 5
 
 
+@pytest.mark.slow
 def test_local_weights_file(tmp_path):
     torch.manual_seed(2)
     reference = torchvision.models.resnet34().state_dict()
@@ -437,8 +443,15 @@ def test_local_weights_file(tmp_path):
 # -------------------------------------------------------------------------------- summary and counts
 
 
+def test_the_docs_parameter_table_carries_these_counts():
+    table = (REPO / "docs" / "network.md").read_text()
+    for (encoder, upsampler), n in PARAMETERS.items():
+        assert f"| {encoder} | {upsampler} | {n / 1e6:.3f}M |" in table, (encoder, upsampler)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("encoder,upsampler", sorted(PARAMETERS))
-def test_parameter_counts_match_the_readme(encoder, upsampler):
+def test_parameter_counts_are_the_documented_ones(encoder, upsampler):
     model = build_model(encoder, upsampler)
     assert count_parameters(model) == PARAMETERS[encoder, upsampler]
     # Freezing BN turns parameters into frozen ones; the count does not change.
@@ -446,6 +459,7 @@ def test_parameter_counts_match_the_readme(encoder, upsampler):
     assert count_parameters(frozen) == PARAMETERS[encoder, upsampler]
 
 
+@pytest.mark.slow
 def test_summary_parts_add_up():
     model = build_model("mobilenetv2", "fade")
     rows = model_costs(model, (1, 4, 64, 96))

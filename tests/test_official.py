@@ -78,6 +78,7 @@ def trainer_file(path, state_dict):
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("upsampler", ["fade", "fade_lite", "bilinear"])
 def test_official_weights_load_exactly(tmp_path, upsampler):
     source = random_official_network(upsampler)
@@ -92,6 +93,7 @@ def test_official_weights_load_exactly(tmp_path, upsampler):
         torch.testing.assert_close(model(x), source(x), rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_official_formats_accepted(tmp_path):
     source = random_official_network("fade", torch.float32)
     plain = to_official(source, "fade", prefix="")
@@ -106,6 +108,7 @@ def test_official_formats_accepted(tmp_path):
     assert all(torch.equal(got[k], v) for k, v in expected.items() if not k.endswith("num_batches_tracked"))
 
 
+@pytest.mark.slow
 def test_official_errors_are_one_line_and_name_the_keys(tmp_path):
     state = to_official(random_official_network("fade", torch.float32), "fade")
     cases = [
@@ -140,6 +143,7 @@ def test_code_in_an_official_file_is_not_run(tmp_path):
     assert not tmp_path.joinpath("pwned").exists()
 
 
+@pytest.mark.slow
 def test_converted_checkpoint_evaluates_infers_and_exports(tmp_path, capsys):
     from matting.evaluate import main as evaluate_main
     from matting.export import main as export_main
@@ -183,6 +187,7 @@ def test_converted_checkpoint_evaluates_infers_and_exports(tmp_path, capsys):
     assert "not bilinear: use fade" in capsys.readouterr().err and not (tmp_path / "b.pth").exists()
 
 
+@pytest.mark.slow
 def test_inplace_abn_imagenet_weights_as_pretrained(tmp_path):
     """The official code's ImageNet start (inplace_abn's ResNet-34) loads into the encoder by name."""
     import torchvision

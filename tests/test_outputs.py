@@ -70,6 +70,7 @@ def test_check_writable_dir(tmp_path, blocked, monkeypatch):
         check_writable_dir(tmp_path / "new")
 
 
+@pytest.mark.slow
 def test_evaluate_checks_out_before_inference(tmp_path, checkpoint, blocked, capsys, monkeypatch):
     make_test_folder(tmp_path / "test")
     no_work(monkeypatch)
@@ -88,6 +89,7 @@ def test_evaluate_never_writes_into_its_test_folder(tmp_path, checkpoint, capsys
     assert {p: p.read_bytes() for p in (tmp_path / "test").rglob("*") if p.is_file()} == before
 
 
+@pytest.mark.slow
 def test_evaluate_write_failure_midway_says_what_was_kept(tmp_path, checkpoint, capsys, monkeypatch):
     make_test_folder(tmp_path / "test")
     written = []
@@ -141,6 +143,7 @@ def test_infer_out_that_is_a_file_or_unwritable(tmp_path, checkpoint, blocked, c
     assert "a_file is a file, not a folder" in one_line(capsys)
 
 
+@pytest.mark.slow
 def test_infer_write_failure_in_a_folder_stops_and_says_what_was_kept(tmp_path, checkpoint, capsys, monkeypatch):
     image, trimap = make_pair()
     for stem in ("a", "b", "c"):
@@ -174,6 +177,7 @@ def test_export_checks_out_before_loading(tmp_path, checkpoint, blocked, capsys,
     assert "is a folder" in one_line(capsys)
 
 
+@pytest.mark.slow
 def test_export_write_failure_is_one_line(tmp_path, checkpoint, capsys, monkeypatch):
     def full_disk(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -204,6 +208,7 @@ def test_train_checks_output_dir_first(tmp_path, blocked, capsys):
     assert "a_file is a file, not a folder" in one_line(capsys)
 
 
+@pytest.mark.slow
 def test_checkpoint_write_failure_keeps_the_previous_one(tmp_path, capsys, monkeypatch):
     """A full disk during a save (torch's zip writer raises RuntimeError 'unexpected pos'): one line saying which
     step latest.pth still holds; the file is intact and no temporary file is left."""

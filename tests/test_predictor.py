@@ -236,6 +236,7 @@ def test_channels_last_by_default_on_cpu_with_the_same_alpha():
     assert seen == [True]
 
 
+@pytest.mark.slow
 def test_checkpoint_with_a_different_network_is_a_clear_error(tmp_path):
     from matting.engine.checkpoint import atomic_torch_save
     from matting.models import build_model

@@ -9,15 +9,6 @@ from matting.upsamplers.reassembly import carafe, gated_carafe
 from matting.utils.flops import count_macs
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # These tensors are tiny: on a shared machine, OpenMP's per-op barriers cost more than they save.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _random_inputs(b, c, h, w, k, s, dtype=torch.float64, seed=0):
     g = torch.Generator().manual_seed(seed)
     features = torch.randn(b, c, h, w, generator=g, dtype=dtype)
@@ -100,6 +91,7 @@ def test_gated_lean_equals_reference(shape, gate_channels, band_bytes, softmax, 
         torch.testing.assert_close(lean, ref, rtol=0, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_gated_lean_gradcheck_and_exact_ends():
     features, kernels = _random_inputs(2, 3, 3, 4, 3, 2)
     skip = torch.randn(2, 3, 6, 8, dtype=torch.float64)
@@ -121,6 +113,7 @@ def test_gated_shape_errors():
         gated_carafe(features, kernels, 5, 2, skip, torch.zeros(1, 3, 8, 8, dtype=torch.float64))
 
 
+@pytest.mark.slow
 def test_lean_gradcheck():
     features, kernels = _random_inputs(2, 3, 3, 4, 3, 2)
     # Unnormalised kernels too: the op itself does not assume they sum to one.
@@ -196,6 +189,7 @@ def test_reports_its_multiply_adds():
     assert count_macs(Wrap(), features, kernels)["total"] == 2 * 3 * 8 * 10 * 25
 
 
+@pytest.mark.slow
 def test_inside_torch_compile():
     # aot_eager runs Dynamo and AOT autograd (fake tensors, the registered backward) without a C++ build.
     features, kernels = _random_inputs(2, 3, 5, 4, 5, 2)

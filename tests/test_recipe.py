@@ -106,6 +106,7 @@ def test_lr_groups_reproduce_the_official_name_filter(upsampler):
     assert lrs["head.3.weight"] == pytest.approx(1e-2) and lrs["encoder.bn1.weight"] == pytest.approx(1e-4)
 
 
+@pytest.mark.slow
 def test_a2u_trains_at_the_decoder_rate_and_other_upsamplers_at_the_encoder_rate():
     cfg, model = config_model("comp1k_a2u.yaml")  # A2U's official modules are named bilinear*: 1e-2
     assert {round(lr, 12) for n, lr in lr_by_name(model, cfg).items() if ".up." in n} == {1e-2}
@@ -162,6 +163,7 @@ def test_encoder_decoder_is_the_imagenet_split():
 # ------------------------------------------------------------------------------------------------ batch norm
 
 
+@pytest.mark.slow
 def test_bn_trains_in_the_paper_network_and_stays_frozen_in_the_departure():
     _, model = config_model("comp1k_fade.yaml")
     model.eval()
@@ -183,6 +185,7 @@ def test_bn_trains_in_the_paper_network_and_stays_frozen_in_the_departure():
     assert frozen.head[1].training and isinstance(frozen.head[1], nn.BatchNorm2d)
 
 
+@pytest.mark.slow
 def test_sync_batchnorm_converts_every_bn_of_the_paper_network():
     _, model = config_model("comp1k_fade.yaml")
     model.eval()
@@ -234,6 +237,7 @@ def xavier_std(conv: nn.Conv2d) -> float:
     return OFFICIAL_INIT_GAIN * (2.0 / (fan_in + fan_out)) ** 0.5
 
 
+@pytest.mark.slow
 def test_official_init_statistics(tmp_path):
     torch.manual_seed(0)
     reference = torchvision.models.resnet34().state_dict()
@@ -269,6 +273,7 @@ def test_official_init_statistics(tmp_path):
 # ------------------------------------------------------------------------------------------------- trainer
 
 
+@pytest.mark.slow
 def test_test_set_curve_is_labelled_and_never_selects(tmp_path, tiny_data, monkeypatch):  # noqa: F811 - fixture
     rules = "[[decoder.stages.*.up, 0.01], [encoder, 0.01], [context, 1], [decoder, 1], [head, 1]]"
     cfg = load_config(tiny_config(tmp_path, tiny_data, iterations=2),
@@ -293,6 +298,7 @@ def test_test_set_curve_is_labelled_and_never_selects(tmp_path, tiny_data, monke
         Trainer(load_config(tiny_config(tmp_path / "b", tiny_data), ["train.test_every=1", "data.test_dir=nope"]))
 
 
+@pytest.mark.slow
 def test_checkpoints_from_before_head_and_init_resume(tmp_path, tiny_data):  # noqa: F811 - fixture
     cfg = load_config(tiny_config(tmp_path, tiny_data, iterations=2), ["data.val_count=0"])
     Trainer(cfg, progress=False).fit(until=1)

@@ -98,6 +98,7 @@ def test_lr_schedules():
     assert [lr_factor(s, step) for s in (0, 2, 3, 5, 6, 9)] == [1, 1, 0.5, 0.5, 0.25, 0.25]
 
 
+@pytest.mark.slow
 def test_resume_is_exact(tmp_path, tiny_data):
     """Stopped at step 2 and resumed, a run ends with the same weights as an uninterrupted one (CPU)."""
     straight = load_config(tiny_config(tmp_path / "a", tiny_data))
@@ -123,6 +124,7 @@ def test_resume_is_exact(tmp_path, tiny_data):
     assert "validation split" in log
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_without_saving(tmp_path, tiny_data, monkeypatch):
     cfg = load_config(tiny_config(tmp_path, tiny_data))
     trainer = Trainer(cfg, progress=False)
@@ -138,6 +140,7 @@ def test_nan_loss_stops_without_saving(tmp_path, tiny_data, monkeypatch):
     assert not (Path(cfg.output_dir) / "checkpoints" / "latest.pth").exists()
 
 
+@pytest.mark.slow
 def test_resume_with_a_different_model_is_refused(tmp_path, tiny_data):
     cfg = load_config(tiny_config(tmp_path, tiny_data, iterations=1))
     Trainer(cfg, progress=False).fit()
@@ -162,6 +165,7 @@ def test_cli_user_errors_are_one_line(tmp_path):
     assert proc.returncode == 2 and "config file not found" in proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_two_process_gloo_run(tmp_path, tiny_data):
     """torchrun with two CPU processes: DDP over gloo, rank 0 alone writes the checkpoint and the log."""
     cfg = tiny_config(tmp_path, tiny_data, iterations=2, batch_size=2)
@@ -177,6 +181,7 @@ def test_two_process_gloo_run(tmp_path, tiny_data):
     assert "2 process(es)" in (out / "train.log").read_text()
 
 
+@pytest.mark.slow
 def test_end_to_end_cli(tmp_path, tiny_data):
     """train a few steps -> resume -> evaluate -> infer -> export, through the user-facing commands."""
     cfg = tiny_config(tmp_path, tiny_data, iterations=3)
@@ -234,6 +239,7 @@ def test_resume_argument_forms(argv, resume, overrides):
     assert args.overrides == overrides
 
 
+@pytest.mark.slow
 def test_resume_cli_with_overrides_on_both_sides(tmp_path, tiny_data, capsys):
     from matting.train import main
 

@@ -41,6 +41,7 @@ def snapshot(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.slow
 def test_fresh_run_into_a_used_output_dir_is_refused_and_restart_moves_it_aside(tmp_path, tiny_data, capsys):
     cfg = tiny_config(tmp_path, tiny_data, iterations=1)
     run = tmp_path / "run"
@@ -61,6 +62,7 @@ def test_fresh_run_into_a_used_output_dir_is_refused_and_restart_moves_it_aside(
     assert log.count("run 'tiny'") == 1 and f"moved the earlier run to {old[0]}" in log
 
 
+@pytest.mark.slow
 def test_resume_from_elsewhere_into_a_used_output_dir_is_refused(tmp_path, tiny_data, capsys):
     cfg = tiny_config(tmp_path, tiny_data, iterations=1)
     assert train(cfg) == 0
@@ -107,6 +109,7 @@ def event_steps(log_dir: Path, tag: str) -> list[int]:
     return [e.step for e in acc.Scalars(tag)]
 
 
+@pytest.mark.slow
 def test_resume_purges_the_steps_logged_after_the_checkpoint(tmp_path, tiny_data):
     """Killed after step 3 was logged but before it was saved: the resumed run logs 3 again, and TensorBoard
     must show it once."""
@@ -134,6 +137,7 @@ def poison(trainer: Trainer, monkeypatch, explode_from: int, nan_at: int) -> Non
     monkeypatch.setattr(trainer.criterion, "forward", forward)
 
 
+@pytest.mark.slow
 def test_after_a_nan_the_kept_checkpoint_is_the_last_healthy_one(tmp_path, tiny_data, monkeypatch):
     cfg = load_config(tiny_config(tmp_path, tiny_data, iterations=20, ckpt_every=1), ["data.val_count=0"])
     trainer = Trainer(cfg, progress=False)
@@ -149,6 +153,7 @@ def test_after_a_nan_the_kept_checkpoint_is_the_last_healthy_one(tmp_path, tiny_
     assert "step 7: loss" in log and "not saved" in log
 
 
+@pytest.mark.slow
 def test_nan_before_any_checkpoint_says_so(tmp_path, tiny_data, monkeypatch):
     cfg = load_config(tiny_config(tmp_path, tiny_data), ["data.val_count=0"])
     trainer = Trainer(cfg, progress=False)
@@ -158,6 +163,7 @@ def test_nan_before_any_checkpoint_says_so(tmp_path, tiny_data, monkeypatch):
     assert not (Path(cfg.output_dir) / "checkpoints" / "latest.pth").exists()
 
 
+@pytest.mark.slow
 def test_trimap_value_warning_is_one_clean_line(tmp_path, capsys):
     checkpoint = save_tiny_checkpoint(tmp_path / "c.pth")
     trimap = np.full((32, 32), 128, np.uint8)

@@ -29,15 +29,6 @@ from matting.utils.flops import add_macs, count_macs
 NAMES = ["nearest", "bilinear", "deconv", "pixelshuffle", "carafe", "fade", "fade_lite", "a2u", "indexnet"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # These tensors are tiny: on a shared machine, OpenMP's per-op barriers cost more than they save.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _pair(b=2, c=8, h=3, w=5, s=2, dtype=torch.float64, seed=0):
     g = torch.Generator().manual_seed(seed)
     en = torch.randn(b, c, s * h, s * w, generator=g, dtype=dtype)
@@ -335,6 +326,7 @@ def test_gate_one_returns_en(cls):
 @pytest.mark.parametrize(
     "make", [lambda: FADE(3, fold_compressors=True), lambda: FADE(3, fold_compressors=False), lambda: FADELite(3)]
 )
+@pytest.mark.slow
 def test_gradcheck(make):
     fade = _randomise(make().double())
     en, de = _pair(b=2, c=3, h=2, w=3, seed=4)
@@ -375,6 +367,7 @@ def test_fade_bfloat16_runs_close_to_float32():
     torch.testing.assert_close(out.float(), ref, rtol=0.05, atol=0.05)
 
 
+@pytest.mark.slow
 def test_fade_inside_torch_compile():
     fade = FADE(4)
     en, de = _pair(c=4, dtype=torch.float32)
@@ -393,6 +386,7 @@ def test_fade_inside_torch_compile():
     os.environ.get("MATTING_TEST_INDUCTOR") != "1",
     reason="inductor's C++ build takes ~20 s cold on 2 shared cores; set MATTING_TEST_INDUCTOR=1 to run",
 )
+@pytest.mark.slow
 def test_fade_inside_torch_compile_inductor():
     fade = FADE(4)
     en, de = _pair(c=4, dtype=torch.float32)

@@ -156,7 +156,7 @@ def read_rgb(path: str | os.PathLike, *, allow_16bit: bool = False) -> np.ndarra
         img = img[:, :, :3]
     elif img.shape[2] == 1:
         return np.repeat(img, 3, axis=2)
-    # cvtColor, not img[:, :, ::-1]: the negative-stride copy is ~80x slower on large images.
+    # cvtColor, not img[:, :, ::-1]: the negative-stride copy is many times slower on large images.
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 

@@ -320,7 +320,8 @@ def render_background(rng: np.random.Generator, h: int, w: int, pool: np.ndarray
     """A cluttered procedural background from the same colour pool. Returns (H,W,3) uint8 RGB."""
     img = _texture(rng, h, w, pool)
     s = min(h, w)
-    # A few out-of-focus "objects", painted from two shared textures (a texture per object costs 2x the time).
+    # A few out-of-focus "objects", painted from two shared textures: a texture per object would cost one
+    # full-size texture synthesis per object.
     looks = [_texture(rng, h, w, pool) for _ in range(2)]
     for j in range(rng.integers(2, 7)):
         sd = _ellipse_sd(rng, h, w, rng.uniform(0, h), rng.uniform(0, w), rng.uniform(0.05, 0.3) * s,

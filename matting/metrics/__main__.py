@@ -1,15 +1,17 @@
 """Command line: score a folder of predictions with the official Composition-1k metrics, or time them.
 
     python -m matting.metrics --pred DIR --gt DIR --trimap DIR [--out metrics.csv] [--workers N] [--allow-missing]
-    python -m matting.metrics --bench [--bench-size 1920x1080] [--repeat 5]
+    python -m matting.metrics --bench [--bench-size 1920x1080] [--repeat 5] [--write-docs [docs/benchmarks.md]]
 """
 
 from __future__ import annotations
 
 import argparse
 import re
+import sys
 
 from matting.errors import MattingError, cli
+from matting.utils import bench_docs
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,7 +33,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--bench", action="store_true", help="time each metric on a synthetic matte (one core)")
     parser.add_argument("--bench-size", default="1920x1080", help="WIDTHxHEIGHT of the --bench image")
     parser.add_argument("--repeat", type=int, default=5, help="--bench runs per metric (the median is shown)")
+    bench_docs.add_argument(parser, "the --bench table")
     return parser
+
+
+def _bench(args: argparse.Namespace, argv: list[str]) -> int:
+    """``--bench``: times the metrics, prints the table and, with ``--write-docs``, writes it into the docs."""
+    from matting.metrics.bench import run_bench
+
+    m = re.fullmatch(r"(\d+)x(\d+)", args.bench_size)
+    if not m or int(m[1]) < 1 or int(m[2]) < 1:
+        raise MattingError(f"--bench-size: expected WIDTHxHEIGHT such as 1920x1080, got {args.bench_size!r}")
+    if args.repeat < 1:
+        raise MattingError(f"--repeat: must be >= 1, got {args.repeat}")
+    try:
+        bench_docs.measure_and_write(args.write_docs, "metrics", "python -m matting.metrics", argv,
+                                     lambda: run_bench(height=int(m[2]), width=int(m[1]), repeat=args.repeat))
+    except bench_docs.DocsSectionError as exc:
+        raise MattingError(str(exc)) from None
+    return 0
 
 
 @cli
@@ -39,15 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.bench:
-        from matting.metrics.bench import run_bench
-
-        m = re.fullmatch(r"(\d+)x(\d+)", args.bench_size)
-        if not m or int(m[1]) < 1 or int(m[2]) < 1:
-            raise MattingError(f"--bench-size: expected WIDTHxHEIGHT such as 1920x1080, got {args.bench_size!r}")
-        if args.repeat < 1:
-            raise MattingError(f"--repeat: must be >= 1, got {args.repeat}")
-        run_bench(height=int(m[2]), width=int(m[1]), repeat=args.repeat)
-        return 0
+        return _bench(args, sys.argv[1:] if argv is None else argv)
+    if args.write_docs:
+        parser.error("--write-docs goes with --bench")
     missing = [f"--{k}" for k in ("pred", "gt", "trimap") if not getattr(args, k)]
     if missing:
         parser.error(f"{', '.join(missing)} required (or --bench)")

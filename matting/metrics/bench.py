@@ -1,8 +1,8 @@
-"""Speed of the metrics on synthetic matte-like images: ``python -m matting.metrics --bench``.
+"""Speed of the metrics on synthetic matte-like images: ``python -m matting.metrics --bench [--write-docs]``.
 
 Runs in this one process (numpy/scipy run these metrics on one core), so the figures are seconds per megapixel
-on one core. The target from the issue is all four metrics together in at most 0.25 s per megapixel (the
-MATLAB/Octave code takes about 0.9 s).
+on one core. The project's target is all four metrics together in at most 0.25 s per megapixel; measured
+figures (and the MATLAB code's, for comparison) are in docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -56,48 +56,51 @@ def synthetic_matte(height: int, width: int, seed: int = 0) -> tuple[np.ndarray,
     return pred, gt, trimap
 
 
-def run_bench(height: int = 1080, width: int = 1920, repeat: int = 5, seed: int = 0) -> list[dict]:
-    """Times each metric and all four together on one synthetic image; prints a table.
-
-    Returns:
-        One dict per metric, then one for all four on a uniform-noise, all-unknown image of the same size:
-        ``{"metric", "seconds", "s_per_mpx"}`` (median over ``repeat`` runs).
-    """
-    pred, gt, trimap = synthetic_matte(height, width, seed)
-    mpx = height * width / 1e6
-    unknown_share = float((trimap == 128).mean())
-    cases = [("sad", sad), ("mse", mse), ("grad", grad), ("conn", conn), ("all four", compute_metrics)]
-    rows = []
-    for label, fn in cases:
-        fn(pred, gt, trimap)  # warm-up (first-call allocations)
-        times = []
-        for _ in range(repeat):
-            t0 = time.perf_counter()
-            fn(pred, gt, trimap)
-            times.append(time.perf_counter() - t0)
-        seconds = statistics.median(times)
-        rows.append({"metric": label, "seconds": seconds, "s_per_mpx": seconds / mpx})
-    print(
-        f"synthetic matte {width}x{height} ({mpx:.2f} Mpx, {unknown_share:.1%} unknown), one process, "
-        f"median of {repeat}"
-    )
-    print(f"{'metric':<10} {'s/image':>9} {'s/Mpx':>9}")
-    for r in rows:
-        print(f"{r['metric']:<10} {r['seconds']:9.4f} {r['s_per_mpx']:9.4f}")
-    total = rows[-1]["s_per_mpx"]
-    verdict = "meets" if total <= TARGET_S_PER_MPX else "MISSES"
-    print(f"all four: {total:.3f} s/Mpx, {verdict} the target of {TARGET_S_PER_MPX} s/Mpx (MATLAB: ~0.9 s/Mpx)")
-
-    # Not matte-like at all: every pixel unknown and thousands of tiny components per Conn threshold.
-    rng = np.random.default_rng(seed)
-    noise = [rng.integers(0, 256, (height, width), dtype=np.uint8) for _ in range(2)]
-    everything = np.full((height, width), 128, np.uint8)
+def _median_seconds(fn, args: tuple, repeat: int) -> float:
     times = []
     for _ in range(repeat):
         t0 = time.perf_counter()
-        compute_metrics(noise[0], noise[1], everything)
+        fn(*args)
         times.append(time.perf_counter() - t0)
-    stress = statistics.median(times)
-    print(f"stress case (uniform noise, every pixel unknown): all four {stress / mpx:.3f} s/Mpx")
-    rows.append({"metric": "all four, stress case", "seconds": stress, "s_per_mpx": stress / mpx})
-    return rows
+    return statistics.median(times)
+
+
+def time_metrics(height: int = 1080, width: int = 1920, repeat: int = 5, seed: int = 0) -> tuple[list[dict], str]:
+    """Times each metric and all four together on one synthetic matte, then all four on uniform noise where
+    every pixel is unknown (thousands of tiny components per Conn threshold: the stress case).
+
+    Returns:
+        ``(rows, setting)``: one ``{"metric", "seconds", "s_per_mpx"}`` per case (median over ``repeat`` runs),
+        and one line describing the image and the timing.
+    """
+    pred, gt, trimap = synthetic_matte(height, width, seed)
+    mpx = height * width / 1e6
+    rows = []
+    for label, fn in (("sad", sad), ("mse", mse), ("grad", grad), ("conn", conn), ("all four", compute_metrics)):
+        fn(pred, gt, trimap)  # warm-up (first-call allocations)
+        seconds = _median_seconds(fn, (pred, gt, trimap), repeat)
+        rows.append({"metric": label, "seconds": seconds, "s_per_mpx": seconds / mpx})
+    rng = np.random.default_rng(seed)
+    noise = [rng.integers(0, 256, (height, width), dtype=np.uint8) for _ in range(2)]
+    seconds = _median_seconds(compute_metrics, (*noise, np.full((height, width), 128, np.uint8)), repeat)
+    rows.append({"metric": "all four, stress case", "seconds": seconds, "s_per_mpx": seconds / mpx})
+    setting = (f"synthetic matte {width}x{height} ({mpx:.2f} Mpx, {float((trimap == 128).mean()):.1%} unknown; "
+               f"stress case: uniform noise, every pixel unknown), one process, median of {repeat}")
+    return rows, setting
+
+
+def format_table(rows: list[dict], setting: str) -> str:
+    """The rows of ``time_metrics`` as a markdown table under its setting line, and the verdict on the target."""
+    lines = [setting, "", "| metric | s / image | s / Mpx |", "|---|---:|---:|"]
+    lines += [f"| {r['metric']} | {r['seconds']:.4f} | {r['s_per_mpx']:.4f} |" for r in rows]
+    total = next(r["s_per_mpx"] for r in rows if r["metric"] == "all four")
+    verdict = "meets" if total <= TARGET_S_PER_MPX else "MISSES"
+    lines += ["", f"All four: {total:.3f} s/Mpx, {verdict} the target of {TARGET_S_PER_MPX} s/Mpx."]
+    return "\n".join(lines)
+
+
+def run_bench(height: int = 1080, width: int = 1920, repeat: int = 5, seed: int = 0) -> str:
+    """Times the metrics (``time_metrics``), prints the table and returns it."""
+    table = format_table(*time_metrics(height, width, repeat, seed))
+    print(table)
+    return table
