@@ -1,5 +1,7 @@
 """Test-wide settings.
 
+Markers: ``triton`` (the Triton kernels; in the interpreter without CUDA), ``cuda`` (needs a CUDA device).
+
 One intra-op thread: the tests use tiny tensors, where thread synchronisation costs more than it saves, and
 the CI machine has 2 cores that the subprocess tests (two-process gloo training, CLI runs) share.
 The environment variable reaches those subprocesses too.
@@ -13,6 +15,12 @@ os.environ.setdefault("MKL_NUM_THREADS", "1")
 import torch  # noqa: E402  (after the environment is set)
 
 torch.set_num_threads(1)
+
+# Without CUDA, the Triton kernels of the reassembly op run in Triton's interpreter on CPU tensors
+# (tests/test_reassembly_triton.py). Triton reads the variable when the kernels are defined, i.e. when
+# matting.upsamplers.reassembly_triton is first imported, which no module does at import time.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest  # noqa: E402
 
