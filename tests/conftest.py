@@ -25,6 +25,11 @@ if not torch.cuda.is_available():
 import pytest  # noqa: E402
 
 
+def pytest_runtest_setup(item):
+    if item.get_closest_marker("cuda") is not None and not torch.cuda.is_available():
+        pytest.skip("needs CUDA (scripts/gpu_check.sh runs these on a GPU machine)")
+
+
 @pytest.fixture(autouse=True)
 def _seed_torch():
     """Every test starts from the same torch RNG state, whatever ran before it and on whichever machine.

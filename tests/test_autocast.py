@@ -14,7 +14,7 @@ from torch.func import functional_call
 from matting.models import build_model
 from matting.upsamplers import Upsampler, available_upsamplers
 
-from helpers import TINY_MODEL
+from helpers import TINY_MODEL, trained_head
 
 NETWORKS = {"resnet34": {}, "mobilenetv2": {k: v for k, v in TINY_MODEL.items() if k not in ("encoder", "upsampler")}}
 
@@ -57,3 +57,20 @@ def test_network_forward_under_cuda_autocast(encoder, upsampler):
         assert len(calls) == len(model.decoder.stages)
         assert all(out_dtype == de_dtype for de_dtype, out_dtype in calls), calls
     assert not torch.is_autocast_enabled("cuda")
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("upsampler", ["fade", "fade_lite", "bilinear"])
+def test_training_step_under_real_cuda_autocast(upsampler):
+    model = trained_head(build_model("resnet34", upsampler=upsampler)).cuda()  # gradients reach every layer
+    x = torch.randn(2, 4, 64, 64, device="cuda")
+    for dtype in (torch.float16, torch.bfloat16):
+        model.zero_grad(set_to_none=True)
+        with torch.autocast("cuda", dtype=dtype):
+            out = model(x)
+        assert out.dtype == dtype
+        out.float().square().mean().backward()
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        assert grads and all(torch.isfinite(g).all() for g in grads)
+        assert all(p.grad.dtype == p.dtype for p in model.parameters() if p.grad is not None)
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.decoder.stages[0].up.parameters())

@@ -255,17 +255,19 @@ def test_banded_conv_equals_conv2d(monkeypatch):
     torch.library.opcheck(banded._conv2d_banded_backward_op, (grad, x.detach(), weight.detach(), True, True))
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_matches_cpu():
-    features, kernels = _random_inputs(2, 3, 5, 7, 5, 2)
-    f, k = features.cuda().requires_grad_(), kernels.cuda().requires_grad_()
-    out = carafe(f, k, 5, 2)
-    out.sum().backward()
-    f_r, k_r = features.clone().requires_grad_(), kernels.clone().requires_grad_()
-    carafe(f_r, k_r, 5, 2, impl="reference").sum().backward()
-    torch.testing.assert_close(out.cpu(), carafe(features, kernels, 5, 2), rtol=0, atol=1e-12)
-    torch.testing.assert_close(f.grad.cpu(), f_r.grad, rtol=0, atol=1e-12)
-    torch.testing.assert_close(k.grad.cpu(), k_r.grad, rtol=0, atol=1e-12)
+@pytest.mark.cuda
+@pytest.mark.parametrize("mode", REASSEMBLY_MODES)
+def test_lean_on_cuda_equals_reference(mode):
+    inputs = reassembly_inputs(mode, 2, 3, 5, 7, 5, 2)
+    grad = torch.randn(2, 3, 10, 14, dtype=torch.float64)
+    got = reassembly_results(mode, [t.cuda() for t in inputs], 5, 2, "lean", grad.cuda())
+    for a, e in zip(got, reassembly_results(mode, inputs, 5, 2, "reference", grad)):
+        torch.testing.assert_close(a.cpu(), e, rtol=0, atol=1e-12)
+
+
+@pytest.mark.cuda
+def test_auto_is_triton_on_cuda():
+    assert resolve_impl("auto", torch.device("cuda")) == "triton"
 
 
 # --- FADE's entry point (input-resolution logits and gate), layouts, dtypes, the choice of implementation ---
