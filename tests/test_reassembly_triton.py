@@ -6,6 +6,10 @@ before they are defined), with tile sizes shrunk so that tiny tensors still span
 blocks. Marked ``triton``: ``pytest -m "not triton"`` skips them.
 """
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -125,3 +129,36 @@ def test_triton_inside_torch_compile():
     torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
     for a, e in zip(leaves, ref):
         torch.testing.assert_close(a.grad, e.grad, rtol=1e-12, atol=1e-12)
+
+
+_COMPILE = r"""
+import torch, triton, triton.language as tl
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from matting.upsamplers import reassembly_triton as rt
+
+assert not rt.interpreting()
+sizes = {"C", "H", "W", "OW", "NP"}
+flags = dict(K=5, S=2, SOFTMAX=True, HAS_LO=True, GATED=True, GATE_LO=True, GATE_C=False, BLOCK_C=32, BLOCK_P=64,
+             NEED_L=True, NEED_SK=True, NEED_G=True, NEED_LSE=True, KK_PAD=32)
+for dtype, acc in (("fp32", tl.float32), ("bf16", tl.float32)):
+    for fn in (rt._forward_kernel, rt._backward_pixel_kernel, rt._backward_features_kernel):
+        constexprs = {p.name: flags.get(p.name, acc) for p in fn.params if p.is_constexpr}
+        signature = {p.name: "constexpr" if p.is_constexpr else "i32" if p.name in sizes or p.name.islower()
+                     else "*" + dtype for p in fn.params}
+        source = ASTSource(fn=fn, signature=signature, constexprs=constexprs)
+        kernel = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": 8})
+        assert kernel.asm["cubin"], fn.__name__
+print("compiled")
+"""
+
+
+def test_kernels_compile_for_a_gpu_target(kernels, tmp_path):
+    # The interpreter runs the kernels' Python, not Triton's compiler: compile them for sm_90 (through PTX to a
+    # cubin with the ptxas that ships with triton; no GPU needed), in a process where they are not interpreted.
+    if not os.path.exists(os.path.join(os.path.dirname(kernels.triton.__file__), "backends", "nvidia", "bin", "ptxas")):
+        pytest.skip("triton's NVIDIA backend (ptxas) is not installed")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_CACHE_DIR"] = str(tmp_path)  # a cold compile, every time
+    proc = subprocess.run([sys.executable, "-c", _COMPILE], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("compiled"), proc.stderr[-3000:]

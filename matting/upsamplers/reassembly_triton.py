@@ -16,7 +16,9 @@ summing in float32 (float64 for float64 tensors):
   features' gradient as a gather over the K*K*s*s output pixels that read each input pixel, so no atomics
   and a deterministic result.
 
-Tile sizes are in ``BLOCKS`` (tests shrink them to exercise several blocks on tiny tensors).
+Tile sizes are in ``BLOCKS`` (tests shrink them to exercise several blocks on tiny tensors). The defaults are
+untuned guesses that keep the registers per thread moderate and free of spills (docs/gpu.md). The loops over
+the K*K offsets are not unrolled: unrolled, the features' kernel (K*K*s*s gathers) compiles very slowly.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from .reassembly import _new_grads, block_sums
 __all__ = ["forward", "backward", "interpreting", "BLOCKS"]
 
 #: Output (or input) pixels per program, channels per block, warps per program.
-BLOCKS = {"pixels": 64, "channels": 32, "warps": 4}
+BLOCKS = {"pixels": 64, "channels": 32, "warps": 8}
 
 
 def interpreting() -> bool:
@@ -53,7 +55,7 @@ def _softmax_stats(L, LO, l_off, lo_off, slk, slok, mask, KK: tl.constexpr, HAS_
     """Online max and sum of exp over the KK logits of each pixel: (m, sum_k exp(l_k - m))."""
     m = tl.full(l_off.shape, float("-inf"), ACC)
     total = tl.zeros(l_off.shape, ACC)
-    for k in tl.static_range(KK):
+    for k in range(KK):
         v = _logit(L, LO, l_off, lo_off, k, slk, slok, mask, HAS_LO, ACC)
         m_new = tl.maximum(m, v)
         total = total * tl.exp(m - m_new) + tl.exp(v - m_new)
@@ -92,7 +94,7 @@ def _forward_kernel(
         inv = 1.0 / total
     f_base = FT + b * sfb + c[:, None] * sfc
     acc = tl.zeros((BLOCK_C, BLOCK_P), ACC)
-    for k in tl.static_range(K * K):
+    for k in range(K * K):
         wk = _logit(L, LO, l_off, lo_off, k, slk, slok, pmask, HAS_LO, ACC)
         if SOFTMAX:
             wk = tl.exp(wk - m) * inv
@@ -173,7 +175,7 @@ def _backward_pixel_kernel(
             gup = go * (1 - g)
         up = tl.zeros((BLOCK_C, BLOCK_P), ACC)
         f_base = FT + b * sfb + c[:, None] * sfc
-        for k in tl.static_range(K * K):
+        for k in range(K * K):
             ys = yi + (k // K - K // 2)
             xs = xi + (k % K - K // 2)
             valid = pmask & (ys >= 0) & (ys < H) & (xs >= 0) & (xs < W)
@@ -234,15 +236,15 @@ def _backward_features_kernel(
     cmask = c < C
     go_base = GO + b * sgob + c[:, None] * sgoc
     acc = tl.zeros((BLOCK_C, BLOCK_P), ACC)
-    for k in tl.static_range(K * K):
+    for k in range(K * K):
         # Input pixel (yi, xi) is offset k of every output pixel of the s x s block at (yi - di, xi - dj).
         ys = yi - (k // K - K // 2)
         xs = xi - (k % K - K // 2)
         valid = qmask & (ys >= 0) & (ys < H) & (xs >= 0) & (xs < W)
         mask2 = cmask[:, None] & valid[None, :]
         lo_off = b * slob + ys * sloh + xs * slow
-        for py in tl.static_range(S):
-            for px in tl.static_range(S):
+        for py in range(S):
+            for px in range(S):
                 y = ys * S + py
                 x = xs * S + px
                 wk = _logit(L, LO, b * slb + y * slh + x * slw, lo_off, k, slk, slok, valid, HAS_LO, ACC)
