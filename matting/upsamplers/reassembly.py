@@ -66,6 +66,7 @@ __all__ = [
     "fade_carafe",
     "fade_logits",
     "carafe_reference",
+    "check_carafe_inputs",
     "plain_ops",
     "plain_ops_enabled",
     "resolve_impl",
@@ -280,6 +281,11 @@ def block_sums(t: torch.Tensor, scale: int) -> torch.Tensor:
 
 def _shape(t: torch.Tensor | None) -> tuple | None:
     return None if t is None else tuple(t.shape)
+
+
+def check_carafe_inputs(features: torch.Tensor, kernels: torch.Tensor, kernel_size: int, scale: int) -> None:
+    """Raises ValueError (naming the shapes) unless ``carafe(features, kernels, kernel_size, scale)`` is valid."""
+    _check("carafe", features, kernels, None, None, None, kernel_size, scale, False)
 
 
 def _check(owner, features, kernels, kernels_lo, skip, gate, kernel_size, scale, gate_lo) -> None:
