@@ -242,18 +242,27 @@ def _backward_features_kernel(
         xs = xi - (k % K - K // 2)
         valid = qmask & (ys >= 0) & (ys < H) & (xs >= 0) & (xs < W)
         mask2 = cmask[:, None] & valid[None, :]
-        lo_off = b * slob + ys * sloh + xs * slow
+        # The block's input-resolution operands, shared by its s*s output pixels.
+        if HAS_LO:
+            lo_k = tl.load(LO + b * slob + ys * sloh + xs * slow + k * slok, mask=valid, other=0.0).to(ACC)
+        if GATED and GATE_LO:
+            keep = 1 - _gate(G, b, c, ys, xs, ys, xs, sgb, sgc, sgh, sgw, mask2, valid, True, GATE_C, ACC)
         for py in range(S):
             for px in range(S):
                 y = ys * S + py
                 x = xs * S + px
-                wk = _logit(L, LO, b * slb + y * slh + x * slw, lo_off, k, slk, slok, valid, HAS_LO, ACC)
+                wk = tl.load(L + b * slb + y * slh + x * slw + k * slk, mask=valid, other=0.0).to(ACC)
+                if HAS_LO:
+                    wk += lo_k
                 if SOFTMAX:
                     wk = tl.exp(wk - tl.load(LSE + b * NP + y * OW + x, mask=valid, other=0.0))
                 coef = wk[None, :]
                 if GATED:
-                    g = _gate(G, b, c, y, x, ys, xs, sgb, sgc, sgh, sgw, mask2, valid, GATE_LO, GATE_C, ACC)
-                    coef = coef * (1 - g)
+                    if GATE_LO:
+                        coef = coef * keep
+                    else:
+                        coef = coef * (1 - _gate(G, b, c, y, x, ys, xs, sgb, sgc, sgh, sgw, mask2, valid, False,
+                                                 GATE_C, ACC))
                 go = tl.load(go_base + (y * sgoh + x * sgow)[None, :], mask=mask2, other=0.0)
                 acc += go.to(ACC) * coef
     dfp = DF + b * sdfb + c[:, None] * sdfc + (yi * sdfh + xi * sdfw)[None, :]
