@@ -33,17 +33,18 @@ CASES = [
 
 
 @pytest.fixture(autouse=True)
-def kernels(monkeypatch):
-    """The kernels module; with small tiles in the interpreter. Skips where triton cannot run here."""
+def kernels(request, monkeypatch):
+    """The kernels module, with small tiles (except in tests marked cuda, which use the default ones). Skips
+    where triton cannot run here."""
     module = reassembly._triton_module()
     if module is None:
         pytest.skip(f"triton is not importable: {reassembly._TRITON['error']}")
-    if DEVICE.type == "cpu":
-        if not module.interpreting():
-            pytest.skip("no CUDA, and the kernels were defined without TRITON_INTERPRET=1")
+    if DEVICE.type == "cpu" and not module.interpreting():
+        pytest.skip("no CUDA, and the kernels were defined without TRITON_INTERPRET=1")
+    if request.node.get_closest_marker("cuda") is None:
         monkeypatch.setitem(module.BLOCKS, "pixels", 32)
         monkeypatch.setitem(module.BLOCKS, "channels", 4)
-        monkeypatch.setitem(module.BLOCKS, "warps", 1)
+        monkeypatch.setitem(module.BLOCKS, "warps", 1 if DEVICE.type == "cpu" else 4)
     return module
 
 
@@ -88,6 +89,14 @@ def test_triton_unnormalised_kernels(mode):
 def test_triton_channels_last(mode, shape, gate_channels):
     got = _compare(mode, shape, gate_channels, torch.float64, rtol=1e-12, atol=1e-12, layout=torch.channels_last)
     assert got[0].is_contiguous(memory_format=torch.channels_last)  # the output follows skip
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 6e-2)])
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_triton_default_tiles_on_cuda(dtype, tol, layout):
+    # Sizes that leave partial pixel tiles and channel blocks with the default tiles.
+    _compare("fade", (2, 70, 37, 29, 5, 2), 1, dtype, rtol=tol, atol=tol, layout=layout)
 
 
 def test_triton_gradient_of_some_inputs_only_and_broadcast_output_gradient():
