@@ -361,6 +361,7 @@ def test_without_triton_auto_falls_back_to_lean_with_one_warning(monkeypatch):
     # Simulates an install without triton: importing it (and so the kernels module) fails.
     monkeypatch.setitem(sys.modules, "triton", None)
     monkeypatch.delitem(sys.modules, "matting.upsamplers.reassembly_triton", raising=False)
+    monkeypatch.delattr(sys.modules["matting.upsamplers"], "reassembly_triton", raising=False)  # if imported
     monkeypatch.setattr(reassembly, "_TRITON", {})
     cuda = torch.device("cuda")
     with pytest.warns(RuntimeWarning, match="triton is unavailable") as record:
