@@ -16,8 +16,9 @@ and batch, height and width stay dynamic. ``--exporter dynamo`` uses the torch.e
 (onnxscript, opset 18) instead: height and width dynamic, batch fixed to 1, and much slower even for a tiny
 network (symbolic-shape reasoning). Both are offline. TorchScript is
 ``torch.jit.trace`` of the same module (deprecated upstream, still loadable from C++ without Python).
-FADE is exported with its plain-op formulations (``reassembly="reference"``, unfolded compressors) instead of
-the memory-lean custom ops that ONNX runtimes do not have: same values, more memory at high resolution.
+FADE is exported with its plain-op formulations (the unfold reassembly, unfolded compressors: what
+:func:`matting.upsamplers.reassembly.plain_ops` gives while tracing) instead of the memory-lean custom ops that
+ONNX runtimes do not have: same values, more memory at high resolution.
 After writing, the export is run once on a small input and compared with PyTorch (``--no-verify`` skips it).
 """
 
@@ -36,6 +37,7 @@ from torch import nn
 from matting.data.io import check_output_file
 from matting.engine.checkpoint import model_from_checkpoint, unwrap
 from matting.errors import MattingError, OutputError, cli
+from matting.upsamplers.reassembly import plain_ops
 
 __all__ = ["FORMATS", "MattingExport", "export_model", "main", "run_exported", "verify_export"]
 
@@ -52,7 +54,7 @@ class MattingExport(nn.Module):
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
-        self.model = _exportable(unwrap(model)).eval()
+        self.model = copy.deepcopy(unwrap(model)).eval()  # the caller's model keeps its mode
         self.output_stride = int(self.model.output_stride)
         self.eval()
 
@@ -62,22 +64,6 @@ class MattingExport(nn.Module):
         alpha = self.model(make_input(image, trimap)).clamp(0.0, 1.0)
         alpha = torch.where(trimap == 0, torch.zeros_like(alpha), alpha)
         return torch.where(trimap == 255, torch.ones_like(alpha), alpha)
-
-
-# Upsampler switches that select a memory-lean custom op (``torch.library``) over an equivalent formulation in
-# plain tensor ops. ONNX runtimes and TorchScript without this package know only the plain ops, so exported
-# copies use those: same values, more memory at high resolution.
-_PLAIN_OP_SETTINGS = {"reassembly": ("lean", "reference"), "fold_compressors": (True, False)}
-
-
-def _exportable(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` whose upsamplers use plain tensor ops only (no ``matting::`` custom op in the graph)."""
-    model = copy.deepcopy(model)
-    for m in model.modules():
-        for attr, (lean, plain) in _PLAIN_OP_SETTINGS.items():
-            if getattr(m, attr, None) == lean:
-                setattr(m, attr, plain)
-    return model
 
 
 def _example(stride: int, size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
@@ -120,7 +106,8 @@ def export_model(
         if fmt == "onnx":
             _export_onnx(module, example, tmp, opset, exporter)
         else:
-            with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+            # plain_ops: the traced graph gets standard operators instead of this package's custom ops.
+            with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings(), plain_ops():
                 # The network's Python-level size checks become constants in the trace: expected, harmless.
                 warnings.simplefilter("ignore", torch.jit.TracerWarning)
                 warnings.simplefilter("ignore", DeprecationWarning)
@@ -140,7 +127,7 @@ def _export_onnx(
     import onnx
 
     names = {"input_names": ["image", "trimap"], "output_names": ["alpha"]}
-    with torch.no_grad(), warnings.catch_warnings():
+    with torch.no_grad(), warnings.catch_warnings(), plain_ops():  # standard operators only, as above
         # The network's Python-level size checks become constants in the trace (expected, harmless), and the
         # exporters are chatty about their own deprecations and internals.
         warnings.simplefilter("ignore")

@@ -6,9 +6,11 @@
 Each case runs in a fresh subprocess, so that one case's memory cannot leak into the next. Batch 1; ``de`` is
 (1, C, S/2, S/2), ``en`` and the output (1, C, S, S). Rows besides the registered upsamplers:
 
-- ``fade (unfold reference)``: FADE built on the official-style unfold reassembly (``reassembly="reference"``);
-- ``reassembly op: lean`` / ``reassembly op: unfold reference``: the bare :func:`carafe` op on random
-  normalised kernels, the second being what the official pure-PyTorch code costs.
+- ``fade (unfold reference)``: FADE as the official pure-PyTorch code computes it (unfolded compressors, unfold
+  reassembly), i.e. run inside :func:`matting.upsamplers.reassembly.plain_ops`;
+- ``reassembly op: lean`` / ``reassembly op: triton`` / ``reassembly op: unfold reference``: the bare
+  :func:`carafe` op on random normalised kernels, the last being what the official pure-PyTorch code costs
+  (the triton row runs on CUDA only).
 
 Peak extra memory is what a case allocates on top of its inputs (``en``, ``de``, the output gradient and the
 module), outputs and gradients included. CPU: peak resident set size (``ru_maxrss``) of the worker minus its
@@ -38,8 +40,10 @@ from matting.errors import MattingError, cli  # noqa: E402
 
 FADE_REFERENCE = "fade (unfold reference)"
 OP_LEAN = "reassembly op: lean"
+OP_TRITON = "reassembly op: triton"
 OP_REFERENCE = "reassembly op: unfold reference"
-EXTRA_ROWS = (FADE_REFERENCE, OP_LEAN, OP_REFERENCE)
+EXTRA_ROWS = (FADE_REFERENCE, OP_LEAN, OP_TRITON, OP_REFERENCE)
+OP_ROWS = {OP_LEAN: "lean", OP_TRITON: "triton", OP_REFERENCE: "reference"}
 
 # Measured peak extra memory of the unfold-based rows, in units of the output tensor (C=32, 1024^2, CPU):
 # used to skip the cases that cannot fit in --memory-budget-gb instead of letting them take the machine down.
@@ -56,7 +60,7 @@ def _build(name: str, channels: int):
     import torch
 
     from matting.upsamplers import build_upsampler
-    from matting.upsamplers.reassembly import carafe
+    from matting.upsamplers.reassembly import carafe, plain_ops
 
     class ReassemblyOp(torch.nn.Module):
         """The bare op: forward(features, kernels)."""
@@ -68,12 +72,21 @@ def _build(name: str, channels: int):
         def forward(self, features, kernels):
             return carafe(features, kernels, 5, 2, impl=self.impl)
 
+    class PlainOps(torch.nn.Module):
+        """A module run inside plain_ops(): its plain-op (official) formulation."""
+
+        def __init__(self, inner: torch.nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, *args):
+            with plain_ops():
+                return self.inner(*args)
+
     if name == FADE_REFERENCE:
-        return build_upsampler("fade", channels, reassembly="reference")
-    if name == OP_LEAN:
-        return ReassemblyOp("lean")
-    if name == OP_REFERENCE:
-        return ReassemblyOp("reference")
+        return PlainOps(build_upsampler("fade", channels))
+    if name in OP_ROWS:
+        return ReassemblyOp(OP_ROWS[name])
     return build_upsampler(name, channels)
 
 
@@ -82,7 +95,7 @@ def _inputs(name: str, channels: int, size: int, device, requires_grad: bool):
 
     g = torch.Generator(device=device).manual_seed(0)
     de = torch.randn(1, channels, size // 2, size // 2, generator=g, device=device)
-    if name in (OP_LEAN, OP_REFERENCE):
+    if name in OP_ROWS:
         second = torch.randn(1, 25, size, size, generator=g, device=device).softmax(dim=1)
         args = [de, second]
     else:
@@ -276,6 +289,9 @@ def main(argv=None) -> int:
             for channels in args.channels:
                 for name in rows:
                     head = f"| {name} | {channels} | {size}x{size} |"
+                    if name == OP_TRITON and device != "cuda":
+                        print(f"{head} CUDA only | | | | | | |", flush=True)
+                        continue
                     estimate = _estimate_bytes(name, channels, size)
                     if estimate is not None and estimate > budget:
                         note = f"skipped: needs ~{_fmt_mem(estimate)} > --memory-budget-gb {args.memory_budget_gb:g}"

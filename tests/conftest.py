@@ -1,5 +1,7 @@
 """Test-wide settings.
 
+Markers: ``triton`` (the Triton kernels; in the interpreter without CUDA), ``cuda`` (needs a CUDA device).
+
 One intra-op thread: the tests use tiny tensors, where thread synchronisation costs more than it saves, and
 the CI machine has 2 cores that the subprocess tests (two-process gloo training, CLI runs) share.
 The environment variable reaches those subprocesses too.
@@ -14,7 +16,18 @@ import torch  # noqa: E402  (after the environment is set)
 
 torch.set_num_threads(1)
 
+# Without CUDA, the Triton kernels of the reassembly op run in Triton's interpreter on CPU tensors
+# (tests/test_reassembly_triton.py). Triton reads the variable when the kernels are defined, i.e. when
+# matting.upsamplers.reassembly_triton is first imported, which no module does at import time.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 import pytest  # noqa: E402
+
+
+def pytest_runtest_setup(item):
+    if item.get_closest_marker("cuda") is not None and not torch.cuda.is_available():
+        pytest.skip("needs CUDA (scripts/gpu_check.sh runs these on a GPU machine)")
 
 
 @pytest.fixture(autouse=True)

@@ -69,3 +69,56 @@ def save_tiny_checkpoint(path, step: int = 1):
     payload = {"format": 1, "model": model.state_dict(), "config": {"model": TINY_MODEL}, "step": step}
     atomic_torch_save(payload, path)
     return path
+
+
+# --- the reassembly op: random inputs of each entry point, outputs and gradients ---------------------------
+
+#: Entry points of matting.upsamplers.reassembly and the inputs each takes (after features).
+REASSEMBLY_MODES = ("carafe", "gated", "fade")
+
+
+def reassembly_inputs(mode, b, c, h, w, k, s, gate_channels=1, dtype=torch.float64, seed=0):
+    """Random inputs of one entry point: "carafe" (features, kernels), "gated" (+ skip, gate in [0, 1]) or
+    "fade" (features, logits, logits_lo, skip, gate logits at the input resolution). Logits are unnormalised."""
+    g = torch.Generator().manual_seed(seed)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=g, dtype=torch.float64).to(dtype)
+
+    features, kernels = randn(b, c, h, w), randn(b, k * k, s * h, s * w)
+    if mode == "carafe":
+        return [features, kernels]
+    skip = randn(b, c, s * h, s * w)
+    if mode == "gated":
+        return [features, kernels, skip, torch.rand(b, gate_channels, s * h, s * w, generator=g).to(dtype)]
+    return [features, kernels, randn(b, k * k, h, w), skip, randn(b, gate_channels, h, w)]
+
+
+def call_reassembly(mode, inputs, k, s, impl, softmax=True):
+    """The entry point of ``mode`` on ``inputs`` (see reassembly_inputs)."""
+    from matting.upsamplers.reassembly import carafe, fade_carafe, gated_carafe
+
+    if mode == "carafe":
+        return carafe(*inputs, k, s, impl=impl, softmax=softmax)
+    if mode == "gated":
+        features, kernels, skip, gate = inputs
+        return gated_carafe(features, kernels, k, s, skip, gate, impl=impl, softmax=softmax)
+    return fade_carafe(*inputs, k, s, impl=impl)
+
+
+def reassembly_results(mode, inputs, k, s, impl, grad, softmax=True):
+    """[output, gradient of each input] for the output gradient ``grad``."""
+    leaves = [t.detach().clone().requires_grad_() for t in inputs]
+    out = call_reassembly(mode, leaves, k, s, impl, softmax)
+    out.backward(grad)
+    return [out.detach()] + [t.grad for t in leaves]
+
+
+def reassembly_op_args(mode, inputs, k, s, impl, softmax=True):
+    """Positional arguments of matting::reassemble for the entry point ``mode`` (all tensors one dtype)."""
+    features, kernels, *rest = inputs
+    if mode == "carafe":
+        return (features, kernels, None, None, None, k, s, softmax, False, impl)
+    if mode == "gated":
+        return (features, kernels, None, *rest, k, s, softmax, False, impl)
+    return (features, kernels, *rest, k, s, True, True, impl)

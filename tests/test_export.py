@@ -90,3 +90,12 @@ def test_cli_missing_checkpoint_is_a_one_line_error(tmp_path, capsys):
     assert main(["--checkpoint", str(tmp_path / "nope.pth"), "--format", "onnx"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "nope.pth" in err and err.startswith("error:")
+
+
+def test_torchscript_uses_standard_ops(exported):
+    import torch
+
+    module = torch.jit.load(str(exported[1]["torchscript"]))
+    kinds = {node.kind() for node in module.inlined_graph.nodes()}
+    assert "aten::_convolution" in kinds  # the traced network
+    assert not any(kind.startswith("matting::") for kind in kinds)

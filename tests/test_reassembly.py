@@ -1,12 +1,21 @@
-"""The CARAFE reassembly: definition, lean vs reference (values and gradients), dtypes, errors, compile."""
+"""The CARAFE reassembly: definition, lean vs reference (values and gradients), dtypes, errors, compile.
+
+The Triton implementation has its own module (test_reassembly_triton.py).
+"""
+
+import contextlib
+import sys
+import warnings
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from matting.upsamplers import banded, reassembly
-from matting.upsamplers.reassembly import carafe, gated_carafe
+from matting.upsamplers.reassembly import carafe, fade_carafe, gated_carafe, plain_ops, resolve_impl
 from matting.utils.flops import count_macs
+
+from helpers import REASSEMBLY_MODES, reassembly_inputs, reassembly_op_args, reassembly_results
 
 
 def _random_inputs(b, c, h, w, k, s, dtype=torch.float64, seed=0):
@@ -149,7 +158,7 @@ def test_strided_inputs_and_expanded_gradient():
 
 
 @pytest.mark.parametrize("softmax", [False, True])
-@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2), (torch.float16, 4e-3)])
 def test_low_precision_dtypes(dtype, tol, softmax):
     features, kernels = _random_inputs(2, 4, 5, 6, 5, 2)
     expected = carafe(features, kernels, 5, 2, impl="reference", softmax=softmax)
@@ -176,8 +185,15 @@ def test_input_errors_name_the_shapes():
         carafe(features, kernels, 4, 2)
     with pytest.raises(ValueError, match="impl"):
         carafe(features, kernels, 5, 2, impl="fast")
-    with pytest.raises(ValueError, match="dtype"):
-        carafe(features.float(), kernels, 5, 2)
+    with pytest.raises(ValueError, match="kernels must be a 4-D floating tensor"):
+        carafe(features, kernels.long(), 5, 2)
+    with pytest.raises(ValueError, match="one device"):
+        carafe(features, kernels.to("meta"), 5, 2)
+    skip, gate_lo = torch.zeros(1, 2, 8, 8, dtype=torch.float64), torch.zeros(1, 1, 8, 8, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"gate \(1, 1, 8, 8\).*expected skip \(1, 2, 8, 8\) and gate \(1, 1, 4, 4\)"):
+        fade_carafe(features, kernels, None, skip, gate_lo, 5, 2)
+    with pytest.raises(ValueError, match=r"kernels_lo \(1, 25, 8, 8\)"):
+        fade_carafe(features, kernels, kernels, skip, gate_lo[..., :4, :4], 5, 2)
 
 
 def test_reports_its_multiply_adds():
@@ -205,19 +221,15 @@ def test_inside_torch_compile():
     torch.testing.assert_close(k1.grad, k2.grad, rtol=0, atol=1e-12)
 
 
-@pytest.mark.parametrize("gated", [False, True])
-def test_custom_ops_pass_opcheck(gated):
+@pytest.mark.parametrize("mode", REASSEMBLY_MODES)
+def test_custom_ops_pass_opcheck(mode):
     # Schema, fake (meta) kernels including output strides, autograd registration, AOT dispatch.
-    features, kernels = _random_inputs(2, 3, 3, 5, 5, 2)
-    skip = torch.randn(2, 3, 6, 10, dtype=torch.float64) if gated else None
-    gate = torch.rand(2, 1, 6, 10, dtype=torch.float64) if gated else None
-    args = [t.requires_grad_() if t is not None else None for t in (features, kernels)] + [5, 2]
-    args += [t.requires_grad_() if t is not None else None for t in (skip, gate)] + [gated]
-    torch.library.opcheck(reassembly._carafe_lean_op, tuple(args))
+    inputs = [t.requires_grad_() for t in reassembly_inputs(mode, 2, 3, 3, 5, 5, 2)]
+    torch.library.opcheck(reassembly._reassemble_op, reassembly_op_args(mode, inputs, 5, 2, "lean"))
     grad = torch.randn(2, 3, 6, 10, dtype=torch.float64)
-    detached = [t.detach() if t is not None else None for t in (features, kernels, skip, gate)]
-    backward_args = (grad, *detached[:2], 5, 2, *detached[2:], gated, [True, True, gated, gated])
-    torch.library.opcheck(reassembly._carafe_lean_backward_op, backward_args)
+    args = reassembly_op_args(mode, [t.detach() for t in inputs], 5, 2, "lean")
+    needs = [t is not None for t in args[:5]]
+    torch.library.opcheck(reassembly._reassemble_backward_op, (grad, *args, needs))
 
 
 def test_banded_conv_equals_conv2d(monkeypatch):
@@ -237,14 +249,121 @@ def test_banded_conv_equals_conv2d(monkeypatch):
     torch.library.opcheck(banded._conv2d_banded_backward_op, (grad, x.detach(), weight.detach(), True, True))
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_matches_cpu():
-    features, kernels = _random_inputs(2, 3, 5, 7, 5, 2)
-    f, k = features.cuda().requires_grad_(), kernels.cuda().requires_grad_()
-    out = carafe(f, k, 5, 2)
-    out.sum().backward()
-    f_r, k_r = features.clone().requires_grad_(), kernels.clone().requires_grad_()
-    carafe(f_r, k_r, 5, 2, impl="reference").sum().backward()
-    torch.testing.assert_close(out.cpu(), carafe(features, kernels, 5, 2), rtol=0, atol=1e-12)
-    torch.testing.assert_close(f.grad.cpu(), f_r.grad, rtol=0, atol=1e-12)
-    torch.testing.assert_close(k.grad.cpu(), k_r.grad, rtol=0, atol=1e-12)
+@pytest.mark.cuda
+@pytest.mark.parametrize("mode", REASSEMBLY_MODES)
+def test_lean_on_cuda_equals_reference(mode):
+    inputs = reassembly_inputs(mode, 2, 3, 5, 7, 5, 2)
+    grad = torch.randn(2, 3, 10, 14, dtype=torch.float64)
+    got = reassembly_results(mode, [t.cuda() for t in inputs], 5, 2, "lean", grad.cuda())
+    for a, e in zip(got, reassembly_results(mode, inputs, 5, 2, "reference", grad)):
+        torch.testing.assert_close(a.cpu(), e, rtol=0, atol=1e-12)
+
+
+@pytest.mark.cuda
+def test_auto_is_triton_on_cuda():
+    assert resolve_impl("auto", torch.device("cuda")) == "triton"
+
+
+# --- FADE's entry point (input-resolution logits and gate), layouts, dtypes, the choice of implementation ---
+
+
+@pytest.mark.parametrize("band_bytes", [reassembly._BAND_BYTES, 1])
+@pytest.mark.parametrize("gate_channels", [1, 3])
+@pytest.mark.parametrize("shape", [(2, 3, 5, 7, 5, 2), (1, 3, 2, 3, 3, 3)])
+def test_fade_carafe_lean_equals_reference(shape, gate_channels, band_bytes, monkeypatch):
+    monkeypatch.setattr(reassembly, "_BAND_BYTES", band_bytes)
+    b, c, h, w, k, s = shape
+    inputs = reassembly_inputs("fade", b, c, h, w, k, s, gate_channels, seed=11)
+    grad = torch.randn(b, c, s * h, s * w, dtype=torch.float64)
+    lean = reassembly_results("fade", inputs, k, s, "lean", grad)
+    ref = reassembly_results("fade", inputs, k, s, "reference", grad)
+    for got, want in zip(lean, ref):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+
+
+def test_fade_carafe_is_the_formula_and_gradchecks():
+    features, logits, logits_lo, skip, gate_lo = reassembly_inputs("fade", 2, 3, 3, 4, 3, 2, seed=5)
+    gate = torch.sigmoid(F.interpolate(gate_lo, scale_factor=2, mode="nearest"))
+    kernels = torch.softmax(logits + F.interpolate(logits_lo, scale_factor=2, mode="nearest"), dim=1)
+    expected = gate * skip + (1 - gate) * _by_definition(features, kernels, 3, 2)
+    torch.testing.assert_close(fade_carafe(features, logits, logits_lo, skip, gate_lo, 3, 2), expected, rtol=0,
+                               atol=1e-12)
+    inputs = tuple(t.clone().requires_grad_() for t in (features, logits, logits_lo, skip, gate_lo))
+    assert torch.autograd.gradcheck(lambda *a: fade_carafe(*a, 3, 2), inputs)
+    # Gate logits of -1e4 / +1e4: sigmoid is exactly 0 / 1, and the op gives the reassembly / skip exactly.
+    reassembled = carafe(features, logits + F.interpolate(logits_lo, scale_factor=2), 3, 2, softmax=True)
+    assert torch.equal(fade_carafe(features, logits, logits_lo, skip, torch.full_like(gate_lo, -1e4), 3, 2),
+                       reassembled)
+    assert torch.equal(fade_carafe(features, logits, logits_lo, skip, torch.full_like(gate_lo, 1e4), 3, 2), skip)
+
+
+@pytest.mark.parametrize("mode", REASSEMBLY_MODES)
+def test_channels_last_and_contiguous_inputs_agree(mode):
+    inputs = reassembly_inputs(mode, 2, 3, 5, 4, 5, 2, seed=3)
+    grad = torch.randn(2, 3, 10, 8, dtype=torch.float64)
+    nchw = reassembly_results(mode, inputs, 5, 2, "lean", grad)
+    cl = [t.contiguous(memory_format=torch.channels_last) for t in inputs]
+    got = reassembly_results(mode, cl, 5, 2, "lean", grad.contiguous(memory_format=torch.channels_last))
+    # The output follows skip's layout (NCHW without skip); each gradient its input's.
+    assert got[0].is_contiguous(memory_format=torch.channels_last) == (mode != "carafe")
+    for g, t in zip(got[1:], cl):
+        assert g.stride() == t.stride()
+    for a, b in zip(got, nchw):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("impl", ["lean", "reference"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_mixed_dtypes_are_cast_to_the_features_dtype(dtype, impl):
+    # As under CUDA autocast: half-precision features and logits, float32 gate (and skip).
+    inputs = reassembly_inputs("fade", 2, 3, 4, 5, 5, 2, seed=9)
+    mixed = [inputs[0].to(dtype), inputs[1].to(dtype), inputs[2].float(), inputs[3].float(), inputs[4].float()]
+    grad = torch.randn(2, 3, 8, 10, dtype=torch.float64)
+    got = reassembly_results("fade", mixed, 5, 2, impl, grad.to(dtype))
+    want = reassembly_results("fade", inputs, 5, 2, "reference", grad)
+    assert got[0].dtype == dtype
+    for g, t in zip(got[1:], mixed):
+        assert g.dtype == t.dtype  # each gradient in its input's own dtype
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a.double(), b, rtol=0.05, atol=0.05)
+
+
+def test_auto_is_lean_on_cpu_and_reference_inside_plain_ops():
+    cpu = torch.device("cpu")
+    assert resolve_impl("auto", cpu) == "lean"
+    assert resolve_impl("lean", cpu) == "lean" and resolve_impl("reference", cpu) == "reference"
+    with plain_ops():
+        assert resolve_impl("auto", cpu) == "reference"
+        assert resolve_impl("lean", cpu) == "lean"  # an explicit choice is kept
+    assert not reassembly.plain_ops_enabled()
+
+
+def test_plain_ops_graph_has_no_custom_op():
+    inputs = tuple(reassembly_inputs("fade", 1, 2, 3, 3, 5, 2))
+    kinds = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # jit.trace's deprecation and shape-check TracerWarnings
+        for plain in (True, False):
+            with plain_ops() if plain else contextlib.nullcontext():
+                graph = torch.jit.trace(lambda *a: fade_carafe(*a, 5, 2), inputs).graph
+            kinds.append({node.kind() for node in graph.nodes()})
+    assert not any(kind.startswith("matting::") for kind in kinds[0])
+    assert "matting::reassemble" in kinds[1]
+
+
+def test_without_triton_auto_falls_back_to_lean_with_one_warning(monkeypatch):
+    # Simulates an install without triton: importing it (and so the kernels module) fails.
+    monkeypatch.setitem(sys.modules, "triton", None)
+    monkeypatch.delitem(sys.modules, "matting.upsamplers.reassembly_triton", raising=False)
+    monkeypatch.delattr(sys.modules["matting.upsamplers"], "reassembly_triton", raising=False)  # if imported
+    monkeypatch.setattr(reassembly, "_TRITON", {})
+    cuda = torch.device("cuda")
+    with pytest.warns(RuntimeWarning, match="triton is unavailable") as record:
+        assert resolve_impl("auto", cuda) == "lean"
+    assert len(record) == 1 and "\n" not in str(record[0].message)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert resolve_impl("auto", cuda) == "lean"  # warned once
+    with pytest.raises(RuntimeError, match="needs the triton package"):
+        resolve_impl("triton", cuda)
+    assert resolve_impl("auto", torch.device("cpu")) == "lean"

@@ -1,5 +1,6 @@
 """Upsamplers: registry, the shared interface, FADE's exact semantics, peers, weight conversion, MAC counts."""
 
+import contextlib
 import math
 import os
 
@@ -23,7 +24,7 @@ from matting.upsamplers import (
     register_upsampler,
     semi_shift_logits,
 )
-from matting.upsamplers.reassembly import carafe
+from matting.upsamplers.reassembly import carafe, plain_ops
 from matting.utils.flops import add_macs, count_macs
 
 NAMES = ["nearest", "bilinear", "deconv", "pixelshuffle", "carafe", "fade", "fade_lite", "a2u", "indexnet"]
@@ -34,6 +35,13 @@ def _pair(b=2, c=8, h=3, w=5, s=2, dtype=torch.float64, seed=0):
     en = torch.randn(b, c, s * h, s * w, generator=g, dtype=dtype)
     de = torch.randn(b, c, h, w, generator=g, dtype=dtype)
     return en, de
+
+
+def _fade(channels, fold):
+    """A FADE with its compressors folded or not (an internal choice by cost; both forms must agree)."""
+    fade = FADE(channels)
+    fade.fold_compressors = fold
+    return fade
 
 
 def _randomise(module, seed=0):
@@ -245,7 +253,7 @@ def _semi_shift_by_definition(en, de, fade):
 
 
 @pytest.mark.parametrize(
-    "make", [lambda: FADE(6, fold_compressors=True), lambda: FADE(6, fold_compressors=False), lambda: FADELite(6)]
+    "make", [lambda: _fade(6, True), lambda: _fade(6, False), lambda: FADELite(6)]
 )
 def test_semi_shift_generator_equals_explicit_construction(make):
     fade = _randomise(make().double())
@@ -261,7 +269,7 @@ def test_folding_compress_en_is_exact_in_values_and_gradients():
     en, de = _pair(c=5, h=3, w=4, seed=2)
     outs = []
     for fold in (True, False):
-        fade = _randomise(FADE(5, fold_compressors=fold).double())
+        fade = _randomise(_fade(5, fold).double())
         e, d = en.clone().requires_grad_(), de.clone().requires_grad_()
         out = fade(e, d)
         out.sin().sum().backward()
@@ -273,6 +281,22 @@ def test_folding_compress_en_is_exact_in_values_and_gradients():
 def test_fold_is_chosen_by_cost():
     assert FADE(32).fold_compressors and FADE(64).fold_compressors
     assert not FADE(128).fold_compressors and not FADELite(32).fold_compressors
+
+
+@pytest.mark.parametrize(
+    "name,options",
+    [
+        ("fade", {"reassembly": "lean", "fold_compressors": False}),
+        ("fade_lite", {"reassembly": "reference"}),
+        ("carafe", {"reassembly": "lean"}),
+        ("a2u", {"reassembly": "reference"}),
+    ],
+)
+def test_obsolete_options_of_old_configs_are_accepted_with_a_warning(name, options):
+    with pytest.warns(FutureWarning, match="obsolete and ignored"):
+        up = build_upsampler(name, 8, **options)
+    reference = build_upsampler(name, 8)
+    assert up.state_dict().keys() == reference.state_dict().keys()  # old checkpoints load unchanged
     with pytest.raises(ValueError, match="fold_compressors"):
         build_upsampler("fade", 8, fold_compressors="yes")
 
@@ -324,7 +348,7 @@ def test_gate_one_returns_en(cls):
 
 
 @pytest.mark.parametrize(
-    "make", [lambda: FADE(3, fold_compressors=True), lambda: FADE(3, fold_compressors=False), lambda: FADELite(3)]
+    "make", [lambda: _fade(3, True), lambda: _fade(3, False), lambda: FADELite(3)]
 )
 @pytest.mark.slow
 def test_gradcheck(make):
@@ -341,13 +365,21 @@ def test_gradcheck(make):
 
 
 @pytest.mark.parametrize("cls", [FADE, FADELite])
-def test_lean_and_reference_fade_agree(cls):
-    torch.manual_seed(0)
-    lean = _randomise(cls(6).double())
-    ref = cls(6, reassembly="reference").double()
-    ref.load_state_dict(lean.state_dict())
+def test_plain_ops_fade_agrees_in_values_and_gradients(cls):
+    # plain_ops() (export's form: unfolded compressors, unfold reassembly) against the default custom ops.
+    fade = _randomise(cls(6).double())
     en, de = _pair(c=6, h=5, w=3)
-    torch.testing.assert_close(lean(en, de), ref(en, de), rtol=0, atol=1e-12)
+    grad = torch.randn_like(en)
+    results = []
+    for plain in (False, True):
+        e, d = en.clone().requires_grad_(), de.clone().requires_grad_()
+        fade.zero_grad()
+        with plain_ops() if plain else contextlib.nullcontext():
+            out = fade(e, d)
+        out.backward(grad)
+        results.append([out, e.grad, d.grad] + [p.grad.clone() for p in fade.parameters()])
+    for lean, ref in zip(*results):
+        torch.testing.assert_close(lean, ref, rtol=0, atol=1e-12)
 
 
 def test_odd_scale():
@@ -529,7 +561,7 @@ def test_custom_ops_report_through_add_macs():
 @pytest.mark.parametrize("fold", [True, False])
 def test_fade_macs(fold):
     c, b, h, w = 16, 2, 3, 4
-    fade = FADE(c, fold_compressors=fold)
+    fade = _fade(c, fold)
     macs = count_macs(fade, *_pair(b=b, c=c, h=h, w=w, dtype=torch.float32))
     hi, lo = b * 4 * h * w, b * h * w
     gate, de_branch = lo * c, lo * (c * 64 + 9 * 64 * 25)

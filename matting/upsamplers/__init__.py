@@ -15,7 +15,7 @@ from .registry import (
 from .carafe import CARAFE
 from .encoder_paired import A2U, IndexNetUpsampler
 from .fade import FADE, FADELite, convert_official_fade_state_dict, semi_shift_logits
-from .reassembly import carafe, gated_carafe
+from .reassembly import carafe, fade_carafe, gated_carafe
 from .simple import BilinearUpsampler, DeconvUpsampler, NearestUpsampler, PixelShuffleUpsampler
 
 __all__ = [
@@ -27,6 +27,7 @@ __all__ = [
     "register_upsampler",
     "carafe",
     "gated_carafe",
+    "fade_carafe",
     "FADE",
     "FADELite",
     "semi_shift_logits",

@@ -3,7 +3,9 @@
 At full matting resolution a plain ``F.conv2d`` backward on CPU allocates, besides the input gradient,
 oneDNN reorders of the input and of the output gradient: two more full-resolution tensors at the moment of
 FADE's peak memory. Running the convolution on bands of rows (each with its k // 2 halo rows) bounds those
-temporaries to one band. Values and gradients are those of ``F.conv2d(x, weight, bias, padding=k // 2)``.
+temporaries to one band. Values and gradients are those of ``F.conv2d(x, weight, bias, padding=k // 2)``,
+which runs instead on other devices, for channels-last inputs, under CPU autocast and inside
+:func:`~.reassembly.plain_ops`.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .reassembly import plain_ops_enabled
 from .registry import is_channels_last
 
 __all__ = ["conv2d_banded"]
@@ -21,8 +24,6 @@ _BAND_BYTES = 8 << 20
 
 def _band_rows(x: torch.Tensor, out_channels: int) -> int:
     b, c, h, w = x.shape
-    if x.device.type != "cpu":  # the oneDNN reorders that banding avoids are a CPU matter
-        return h
     per_row = max(1, b * (c + out_channels) * w * x.element_size())
     return max(1, min(h, _BAND_BYTES // per_row))
 
@@ -43,8 +44,9 @@ def conv2d_banded(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
         raise ValueError(
             f"conv2d_banded: need an odd square dense kernel, got weight {tuple(weight.shape)} for x {tuple(x.shape)}"
         )
-    if is_channels_last(x):
-        # oneDNN runs channels-last convolutions without the reorders that banding avoids.
+    if x.device.type != "cpu" or is_channels_last(x) or plain_ops_enabled() or torch.is_autocast_enabled("cpu"):
+        # The reorders that banding avoids are oneDNN's (CPU), and not made for channels-last inputs; export
+        # wants the plain op, and autocast casts only for ops it knows.
         return F.conv2d(x, weight, bias, padding=k // 2)
     return _conv2d_banded_op(x.contiguous(), weight, bias)
 

@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .reassembly import IMPLEMENTATIONS, carafe
-from .registry import Upsampler, check_choice, check_int, register_upsampler
+from .reassembly import OBSOLETE_OPTIONS, carafe
+from .registry import Upsampler, check_int, register_upsampler
 
 __all__ = ["CARAFE"]
 
@@ -23,8 +23,10 @@ class CARAFE(Upsampler):
 
     Args:
         channels: C.  scale: s.  up_kernel_size: K (5).  encoder_kernel_size: k_enc (3).
-        compressed_channels: m (64).  reassembly: ``"lean"`` or ``"reference"``.
+        compressed_channels: m (64).
     """
+
+    obsolete_options = OBSOLETE_OPTIONS
 
     def __init__(
         self,
@@ -33,15 +35,12 @@ class CARAFE(Upsampler):
         up_kernel_size: int = 5,
         encoder_kernel_size: int = 3,
         compressed_channels: int = 64,
-        reassembly: str = "lean",
     ) -> None:
         super().__init__(channels, scale)
         check_int("carafe", "up_kernel_size", up_kernel_size, odd=True)
         check_int("carafe", "encoder_kernel_size", encoder_kernel_size, odd=True)
         check_int("carafe", "compressed_channels", compressed_channels)
-        check_choice("carafe", "reassembly", reassembly, IMPLEMENTATIONS)
         self.up_kernel_size = up_kernel_size
-        self.reassembly = reassembly
         self.channel_compressor = nn.Conv2d(channels, compressed_channels, 1)
         self.content_encoder = nn.Conv2d(
             compressed_channels,
@@ -68,4 +67,4 @@ class CARAFE(Upsampler):
 
     def upsample(self, en: torch.Tensor | None, de: torch.Tensor) -> torch.Tensor:
         logits = self.kernel_logits(de)
-        return carafe(de, logits, self.up_kernel_size, self.scale, impl=self.reassembly, softmax=True)
+        return carafe(de, logits, self.up_kernel_size, self.scale, softmax=True)

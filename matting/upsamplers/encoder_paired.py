@@ -18,7 +18,7 @@ from torch import nn
 
 from matting.utils.flops import add_macs
 
-from .reassembly import IMPLEMENTATIONS, carafe
+from .reassembly import OBSOLETE_OPTIONS, carafe
 from .registry import Upsampler, UpsamplerConfigError, check_choice, check_int, register_upsampler
 
 __all__ = ["A2U", "IndexNetUpsampler"]
@@ -42,10 +42,11 @@ class A2U(Upsampler):
         channels: C.  scale: must be 2 (the stride-2 affinity is specific to it).
         up_kernel_size: K (3).  encoder_kernel_size: k (6; even, padding (k - 1) // 2).
         rank: number of u/v pairs, d (1).  norm_groups: GroupNorm groups (32 in the paper; reduced to
-            gcd(32, C) when C is not a multiple).  reassembly: ``"lean"`` or ``"reference"``.
+            gcd(32, C) when C is not a multiple).
     """
 
     uses_encoder = True
+    obsolete_options = OBSOLETE_OPTIONS
 
     def __init__(
         self,
@@ -55,7 +56,6 @@ class A2U(Upsampler):
         encoder_kernel_size: int = 6,
         rank: int = 1,
         norm_groups: int = 32,
-        reassembly: str = "lean",
     ) -> None:
         super().__init__(channels, scale)
         if scale != 2:
@@ -64,11 +64,9 @@ class A2U(Upsampler):
         check_int("a2u", "encoder_kernel_size", encoder_kernel_size)
         check_int("a2u", "rank", rank)
         check_int("a2u", "norm_groups", norm_groups)
-        check_choice("a2u", "reassembly", reassembly, IMPLEMENTATIONS)
         self.up_kernel_size = up_kernel_size
         self.encoder_kernel_size = encoder_kernel_size
         self.rank = rank
-        self.reassembly = reassembly
         k, groups = encoder_kernel_size, math.gcd(norm_groups, channels)
         self.pool_u = nn.AdaptiveAvgPool2d(k)
         self.pool_v = nn.AdaptiveAvgPool2d(k)
@@ -111,7 +109,7 @@ class A2U(Upsampler):
 
     def upsample(self, en: torch.Tensor, de: torch.Tensor) -> torch.Tensor:
         logits = self.kernel_logits(en)
-        return carafe(de, logits, self.up_kernel_size, 2, impl=self.reassembly, softmax=True)
+        return carafe(de, logits, self.up_kernel_size, 2, softmax=True)
 
 
 @register_upsampler("indexnet")

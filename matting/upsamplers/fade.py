@@ -18,17 +18,20 @@ Both ``en`` and ``de`` must have the same channel count C, because the gate mixe
 Parameters are named ``gate``, ``compress_en``, ``compress_de``, ``kernel_conv`` (plain ``nn.Conv2d``), so
 weights of the official implementation load after :func:`convert_official_fade_state_dict`.
 
-Two exact rewrites keep full-resolution use cheap (both are tested against the plain definition):
+The forward hands the reassembly, the softmax and the gate to one op, :func:`~.reassembly.fade_carafe`, with
+the decoder branch of the logits and the gate logits at the decoder's resolution: the op upsamples them
+itself, so no full-resolution copy of either (nor the normalised kernels) is ever stored. The op picks its
+implementation per device (lean on the CPU, Triton on CUDA).
 
-- the decoder branch is added to the encoder branch through a broadcast view instead of materialising its
-  nearest-upsampled copy;
-- when it needs fewer multiply-adds (FADE with C < 90 for m = 64, K = 5), the compressors are folded into
-  ``kernel_conv``: all are linear, so ``kernel_conv(compress_en(en))`` is one 3x3 conv C -> K*K of ``en``
-  with weights ``W @ A``, plus the bias of ``compress_en`` seen through the zero-padded 3x3 window (which is
-  not constant on the border); likewise for ``compress_de`` (no bias, no border term). The m-channel
-  embeddings are then never stored, which is most of FADE's memory at full resolution. Gradients reach
-  ``compress_*`` and ``kernel_conv`` through the folded weights; :func:`~matting.utils.flops.count_macs`
-  charges the folded convolutions to FADE itself, not to those submodules.
+When it needs fewer multiply-adds (FADE with C < 90 for m = 64, K = 5) the compressors are folded into
+``kernel_conv``: all are linear, so ``kernel_conv(compress_en(en))`` is one 3x3 conv C -> K*K of ``en`` with
+weights ``W @ A``, plus the bias of ``compress_en`` seen through the zero-padded 3x3 window (which is not
+constant on the border); likewise for ``compress_de`` (no bias, no border term). The m-channel embeddings
+are then never stored, which is most of FADE's memory at full resolution. Gradients reach ``compress_*``
+and ``kernel_conv`` through the folded weights; :func:`~matting.utils.flops.count_macs` charges the folded
+convolutions to FADE itself, not to those submodules. Both rewrites are exact up to float rounding and
+tested against the plain definition; inside :func:`~.reassembly.plain_ops` (export) FADE runs the plain
+definition instead.
 """
 
 from __future__ import annotations
@@ -43,8 +46,8 @@ from torch import nn
 from matting.utils.flops import add_macs
 
 from .banded import conv2d_banded
-from .reassembly import IMPLEMENTATIONS, gated_carafe
-from .registry import Upsampler, UpsamplerConfigError, check_choice, check_int, register_upsampler
+from .reassembly import OBSOLETE_OPTIONS, fade_carafe, fade_logits, plain_ops_enabled
+from .registry import Upsampler, check_int, register_upsampler
 
 __all__ = ["FADE", "FADELite", "semi_shift_logits", "convert_official_fade_state_dict"]
 
@@ -88,33 +91,19 @@ class _SemiShiftUpsampler(Upsampler):
 
     uses_encoder = True
 
-    def __init__(
-        self,
-        in_channels: int,
-        scale: int,
-        up_kernel_size: int,
-        embedding_dim: int,
-        depthwise: bool,
-        reassembly: str,
-        fold_compressors: bool | None = None,
-    ) -> None:
+    obsolete_options = {**OBSOLETE_OPTIONS, "fold_compressors": (None, True, False)}
+
+    def __init__(self, in_channels: int, scale: int, up_kernel_size: int, embedding_dim: int, depthwise: bool) -> None:
         super().__init__(in_channels, scale)
         name = type(self).__name__
         check_int(name, "up_kernel_size", up_kernel_size, odd=True)
         check_int(name, "embedding_dim", embedding_dim)
-        check_choice(name, "reassembly", reassembly, IMPLEMENTATIONS)
-        check_choice(name, "fold_compressors", fold_compressors, (None, True, False))
-        if fold_compressors and depthwise:
-            raise UpsamplerConfigError(f"{name}: fold_compressors is only implemented for a dense kernel_conv")
         k2 = up_kernel_size * up_kernel_size
-        if fold_compressors is None:
-            # Multiply-adds per pixel of either branch, folded or not (the border term is negligible).
-            folded = 9 * k2 * in_channels
-            plain = in_channels * embedding_dim + 9 * embedding_dim * k2
-            fold_compressors = not depthwise and folded < plain
         self.up_kernel_size = up_kernel_size
-        self.reassembly = reassembly
-        self.fold_compressors = fold_compressors
+        # Fold when it needs fewer multiply-adds per pixel (the border term is negligible). Not an option:
+        # both forms give the same values (tests set the attribute to compare them).
+        plain = in_channels * embedding_dim + 9 * embedding_dim * k2
+        self.fold_compressors = not depthwise and 9 * k2 * in_channels < plain
         self.gate = nn.Conv2d(in_channels, 1, kernel_size=1)
         self.compress_en = nn.Conv2d(in_channels, embedding_dim, kernel_size=1)
         self.compress_de = nn.Conv2d(in_channels, embedding_dim, kernel_size=1, bias=False)
@@ -129,32 +118,30 @@ class _SemiShiftUpsampler(Upsampler):
                 nn.init.zeros_(m.bias)
 
     def extra_repr(self) -> str:
-        return (
-            f"{super().extra_repr()}, up_kernel_size={self.up_kernel_size}, reassembly={self.reassembly!r}, "
-            f"fold_compressors={self.fold_compressors}"
-        )
+        return f"{super().extra_repr()}, up_kernel_size={self.up_kernel_size}"
 
     def gate_map(self, de: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, 1, sH, sW) in (0, 1): the weight of ``en`` in the output."""
         return torch.sigmoid(F.interpolate(self.gate(de), scale_factor=self.scale, mode="nearest"))
 
+    def logit_branches(self, en: torch.Tensor, de: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The two branches of the semi-shift logits: ``kernel_conv(compress_en(en))`` (B, K*K, sH, sW) and
+        ``kernel_conv(compress_de(de))`` (B, K*K, H, W); the logits are the first plus the second upsampled."""
+        if not self.fold_compressors or plain_ops_enabled():
+            return self.kernel_conv(self.compress_en(en)), self.kernel_conv(self.compress_de(de))
+        # The encoder branch first: autograd runs the later-created decoder branch's backward first, which
+        # frees its small gradient before the encoder branch's full-resolution one is allocated.
+        from_en = self._folded_encoder_logits(en)
+        # compress_de has no bias, so its fold is exact with no border term.
+        weight = _fold(self.kernel_conv.weight, self.compress_de.weight)
+        from_de = conv2d_banded(de, weight, self.kernel_conv.bias)
+        add_macs(from_de.numel() * weight[0].numel())
+        return from_en, from_de
+
     def kernel_logits(self, en: torch.Tensor, de: torch.Tensor) -> torch.Tensor:
         """(B, K*K, sH, sW) semi-shift logits, before softmax; equal to :func:`semi_shift_logits`."""
-        if self.fold_compressors:
-            logits = self._folded_encoder_logits(en)
-            # compress_de has no bias, so its fold is exact with no border term.
-            weight = _fold(self.kernel_conv.weight, self.compress_de.weight)
-            from_de = conv2d_banded(de, weight, self.kernel_conv.bias)
-            add_macs(from_de.numel() * weight[0].numel())
-        else:
-            logits = self.kernel_conv(self.compress_en(en))
-            from_de = self.kernel_conv(self.compress_de(de))
-        # Nearest upsampling by broadcasting over phase views: no full-resolution copy of the decoder branch.
-        # (Out of place: an in-place add on a view would make autograd copy the whole gradient back.)
-        b, k2, h, w = from_de.shape
-        s = self.scale
-        logits = logits.view(b, k2, h, s, w, s) + from_de[:, :, :, None, :, None]
-        return logits.view(b, k2, h * s, w * s)
+        from_en, from_de = self.logit_branches(en, de)
+        return from_en + F.interpolate(from_de, scale_factor=self.scale, mode="nearest")
 
     def _folded_encoder_logits(self, en: torch.Tensor) -> torch.Tensor:
         """kernel_conv(compress_en(en)) as one 3x3 conv of ``en``; see the module docstring."""
@@ -179,11 +166,10 @@ class _SemiShiftUpsampler(Upsampler):
         return torch.softmax(self.kernel_logits(en, de), dim=1)
 
     def upsample(self, en: torch.Tensor, de: torch.Tensor) -> torch.Tensor:
-        # gate * en + (1 - gate) * carafe(de, softmax(logits)) in one op, so that neither the normalised
-        # kernels nor the reassembled tensor is ever stored at full resolution.
-        logits = self.kernel_logits(en, de)
-        k, s = self.up_kernel_size, self.scale
-        return gated_carafe(de, logits, k, s, en, self.gate_map(de), impl=self.reassembly, softmax=True)
+        # One op from here, with the gate logits at the decoder's resolution. The logit branches go through
+        # fade_logits without a name holding them, so that a branch the op does not keep is freed at once.
+        logits, logits_lo = fade_logits(*self.logit_branches(en, de), self.scale)
+        return fade_carafe(de, logits, logits_lo, en, self.gate(de), self.up_kernel_size, self.scale)
 
 
 @register_upsampler("fade")
@@ -195,33 +181,21 @@ class FADE(_SemiShiftUpsampler):
         scale: upsampling factor s (2 in the paper).
         up_kernel_size: reassembly kernel size K (5).
         embedding_dim: width m of the compressed features (64).
-        reassembly: ``"lean"`` (default) or ``"reference"`` (the official unfold formulation; same result,
-            about 25x the output in extra memory; for tests and benchmarks).
-        fold_compressors: fold ``compress_en`` and ``compress_de`` into ``kernel_conv`` (an exact rewrite, see
-            the module docstring); None (default) folds when that needs fewer multiply-adds (C < 90).
+
+    The reassembly's implementation is the op's choice per device (see :mod:`.reassembly`), not an option.
     """
 
-    def __init__(
-        self,
-        in_channels: int,
-        scale: int = 2,
-        up_kernel_size: int = 5,
-        embedding_dim: int = 64,
-        reassembly: str = "lean",
-        fold_compressors: bool | None = None,
-    ) -> None:
-        super().__init__(
-            in_channels, scale, up_kernel_size, embedding_dim, False, reassembly, fold_compressors=fold_compressors
-        )
+    def __init__(self, in_channels: int, scale: int = 2, up_kernel_size: int = 5, embedding_dim: int = 64) -> None:
+        super().__init__(in_channels, scale, up_kernel_size, embedding_dim, False)
 
 
 @register_upsampler("fade_lite")
 class FADELite(_SemiShiftUpsampler):
     """FADE-Lite: compressors to K*K channels and a depthwise 3x3 ``kernel_conv``. Interface as :class:`FADE`."""
 
-    def __init__(self, in_channels: int, scale: int = 2, up_kernel_size: int = 5, reassembly: str = "lean") -> None:
+    def __init__(self, in_channels: int, scale: int = 2, up_kernel_size: int = 5) -> None:
         k2 = up_kernel_size * up_kernel_size if isinstance(up_kernel_size, int) else 1
-        super().__init__(in_channels, scale, up_kernel_size, k2, True, reassembly)
+        super().__init__(in_channels, scale, up_kernel_size, k2, True)
 
 
 # Official (poppinace/fade, FADE_L2H.py) module paths -> ours. Matched as whole dotted segments anywhere in a

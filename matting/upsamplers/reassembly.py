@@ -3,23 +3,55 @@
     out[b, c, y, x] = sum_{i, j in -r..r} kernels[b, (i + r) * K + (j + r), y, x]
                                           * features[b, c, y // s + i, x // s + j]       (zero outside)
 
-with r = K // 2; :func:`gated_carafe` also blends the result with a skip feature, as FADE's gate does:
-``gate * skip + (1 - gate) * carafe(...)``. Two implementations behind both functions:
+with r = K // 2. Three public entry points share ONE operator, ``matting::reassemble``:
 
-- ``"reference"``: the official pure-PyTorch formulation. It unfolds ``features`` into (B, C*K*K, H*W), copies
-  that to all s*s output phases and contracts with the kernels, so it holds about s*s*K*K = 100 copies of the
-  input (25x the output) at once, in forward and again in backward. Kept for tests and as a benchmark row.
-- ``"lean"`` (default): works a band of input rows at a time; for all s*s output phases of the band at once
-  (the output pixels (s*y + py, s*x + px)), it accumulates K*K in-place multiply-adds of shifted views of the
-  input (clipped at the border instead of padding a copy) into a phase-major buffer that stays in cache,
-  blends it with the skip feature and scatters it to the output. Extra memory is a few band buffers besides
-  the output and the gradients; the backward recomputes each band instead of saving the (B, C, sH, sW)
-  reassembled tensor. It is a ``torch.library`` custom op with its own backward (plain
-  slicing ops would allocate a zero-filled gradient of the whole input for each of the s*s*K*K slices), so
-  ``torch.compile`` sees one opaque node.
+- :func:`carafe`: the reassembly (optionally of softmax-normalised logits);
+- :func:`gated_carafe`: ``gate * skip + (1 - gate) * carafe(...)``, the blend FADE's gate does;
+- :func:`fade_carafe`: FADE's whole output from what its kernel generator and gate produce, with the decoder
+  branch of the logits and the gate logits at the INPUT resolution (upsampled inside the op):
+  ``g * skip + (1 - g) * carafe(features, softmax(logits + up(logits_lo)))`` with ``g = sigmoid(up(gate_lo))``,
+  ``up`` = nearest upsampling by s. Neither the upsampled copies nor the normalised kernels are stored.
+
+Implementations (``impl=``), all equal up to float rounding in the output and in the gradients of every input:
+
+- ``"auto"`` (default): chosen per device by this module, not by the caller: Triton on CUDA, the lean op on the
+  CPU (and on CUDA when triton cannot be imported: one warning, then the lean op). Inside :func:`plain_ops`
+  it is ``"reference"``.
+- ``"lean"``: works a band of input rows at a time; for all s*s output phases of the band at once (the output
+  pixels (s*y + py, s*x + px)), it accumulates K*K in-place multiply-adds of shifted views of the input
+  (clipped at the border instead of padding a copy) into a phase-major buffer that stays in cache, blends it
+  with the skip feature and scatters it to the output. Extra memory is a few band buffers besides the output
+  and the gradients; the backward recomputes each band instead of saving the (B, C, sH, sW) reassembled tensor.
+- ``"triton"``: fused Triton kernels (:mod:`.reassembly_triton`): one forward kernel, and for the backward one
+  kernel per output pixel (gradients of the logits, skip and gate) plus one per input pixel that gathers the
+  features' gradient from the output pixels reading it (no atomics: deterministic). CUDA tensors, or CPU
+  tensors under Triton's interpreter (``TRITON_INTERPRET=1`` set before triton is imported; for tests).
+- ``"reference"``: the official pure-PyTorch formulation in plain tensor ops (unfold, repeat to the s*s
+  phases, contract), about s*s*K*K = 100 copies of the input at once. The test oracle, and what
+  :func:`plain_ops` gives export.
+
+``"lean"`` and ``"triton"`` run as the ``torch.library`` custom op ``matting::reassemble`` with its own backward
+op (``matting::reassemble_backward``) and fake kernels, so ``torch.compile`` sees one opaque node.
+
+Dtype and layout contract (all entry points, all implementations):
+
+- every input is a floating tensor on the features' device; kernels, logits, skip and gate of another floating
+  dtype are cast to the FEATURES' dtype at the op boundary (e.g. under CUDA autocast, where
+  ``upsample_nearest2d`` and ``sigmoid`` give float32 next to float16 features). Gradients flow back through
+  the casts in each input's own dtype;
+- sums and the softmax are computed in float32 for float16/bfloat16 (float64 stays float64);
+- the output has the features' dtype; it is channels-last when ``skip`` is, else NCHW;
+- any dense layout (NCHW or channels-last) is accepted for every input; other strides are copied first.
+
+The export hook: inside ``with plain_ops():`` ``impl="auto"`` gives the reference formulation and the other
+custom ops of :mod:`matting.upsamplers` (FADE's folded and banded convolutions) their plain-op forms, so that
+a trace (ONNX, TorchScript, torch.export) holds standard operators only; values are unchanged.
 """
 
 from __future__ import annotations
+
+import contextlib
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -28,9 +60,25 @@ from matting.utils.flops import add_macs
 
 from .registry import check_choice, check_int, is_channels_last
 
-__all__ = ["carafe", "gated_carafe", "carafe_reference", "check_carafe_inputs", "IMPLEMENTATIONS"]
+__all__ = [
+    "carafe",
+    "gated_carafe",
+    "fade_carafe",
+    "fade_logits",
+    "carafe_reference",
+    "check_carafe_inputs",
+    "plain_ops",
+    "plain_ops_enabled",
+    "resolve_impl",
+    "IMPLEMENTATIONS",
+    "OBSOLETE_OPTIONS",
+]
 
-IMPLEMENTATIONS = ("lean", "reference")
+IMPLEMENTATIONS = ("auto", "lean", "triton", "reference")
+
+#: The upsamplers' former ``reassembly`` option (the implementation is now the op's choice), with the values
+#: that configs may still carry: ``build_upsampler`` accepts them with a warning and ignores them.
+OBSOLETE_OPTIONS = {"reassembly": IMPLEMENTATIONS}
 
 # Accumulator size of one band of the lean CPU path. A few MiB keeps the K*K read-modify-write passes over a
 # band in cache (faster than whole-image passes) and the band buffers small next to the output, while keeping
@@ -39,27 +87,77 @@ _BAND_BYTES = 8 << 20
 _GPU_BAND_BYTES = 256 << 20
 
 
-def check_carafe_inputs(features: torch.Tensor, kernels: torch.Tensor, kernel_size: int, scale: int) -> None:
-    """Raises ValueError (naming the shapes) unless the arguments describe a valid reassembly."""
-    check_int("carafe", "kernel_size", kernel_size, odd=True)
-    check_int("carafe", "scale", scale)
-    if features.dim() != 4 or kernels.dim() != 4:
-        raise ValueError(
-            f"carafe: features and kernels must be 4-D, got features {tuple(features.shape)} "
-            f"and kernels {tuple(kernels.shape)}"
-        )
-    b, _, h, w = features.shape
-    expected = (b, kernel_size * kernel_size, scale * h, scale * w)
-    if tuple(kernels.shape) != expected:
-        raise ValueError(
-            f"carafe: kernels {tuple(kernels.shape)} do not match features {tuple(features.shape)}: "
-            f"expected {expected} for kernel_size={kernel_size}, scale={scale}"
-        )
-    if features.dtype != kernels.dtype or features.device != kernels.device:
-        raise ValueError(
-            f"carafe: features ({features.dtype}, {features.device}) and kernels ({kernels.dtype}, "
-            f"{kernels.device}) must share dtype and device"
-        )
+# --- the export hook and the choice of implementation ------------------------------------------------------
+
+_PLAIN_OPS = False
+
+
+@contextlib.contextmanager
+def plain_ops():
+    """Within this block the custom ops of :mod:`matting.upsamplers` give way to plain tensor ops.
+
+    ``impl="auto"`` reassemblies use the reference formulation, and FADE neither folds its compressors nor
+    bands its convolutions. Values are the same (up to float rounding); memory at high resolution is larger.
+    Export enters it so that traced graphs contain standard operators only. Not thread-local: do not run
+    training in another thread meanwhile.
+    """
+    global _PLAIN_OPS
+    previous, _PLAIN_OPS = _PLAIN_OPS, True
+    try:
+        yield
+    finally:
+        _PLAIN_OPS = previous
+
+
+def plain_ops_enabled() -> bool:
+    """True inside :func:`plain_ops`."""
+    return _PLAIN_OPS
+
+
+_TRITON: dict = {}
+
+
+def _triton_module():
+    """The Triton kernels module, or None when triton cannot be imported (the reason is kept for messages)."""
+    if "module" not in _TRITON:
+        try:
+            # Imported on first use, not at module level: triton is optional (absent on CPU-only installs), and
+            # it must see TRITON_INTERPRET as set by whoever runs the kernels on the CPU.
+            from . import reassembly_triton as module
+        except ImportError as exc:
+            module, _TRITON["error"] = None, exc
+        _TRITON["module"] = module
+    return _TRITON["module"]
+
+
+def resolve_impl(impl: str, device: torch.device) -> str:
+    """The implementation that ``impl`` stands for on ``device``: "lean", "triton" or "reference"."""
+    if impl == "auto":
+        if _PLAIN_OPS:
+            return "reference"
+        if device.type != "cuda":
+            return "lean"
+        if _triton_module() is not None:
+            return "triton"
+        if not _TRITON.get("warned"):
+            _TRITON["warned"] = True
+            warnings.warn(
+                f"reassembly: triton is unavailable ({_TRITON['error']}); using the slower lean op on CUDA",
+                RuntimeWarning, stacklevel=3,
+            )
+        return "lean"
+    if impl == "triton":
+        module = _triton_module()
+        if module is None:
+            raise RuntimeError(f"reassembly: impl='triton' needs the triton package ({_TRITON['error']})")
+        if device.type != "cuda" and not module.interpreting():
+            raise ValueError(
+                f"reassembly: impl='triton' runs on CUDA tensors (or under TRITON_INTERPRET=1), got {device}"
+            )
+    return impl
+
+
+# --- public entry points -----------------------------------------------------------------------------------
 
 
 def carafe(
@@ -67,31 +165,25 @@ def carafe(
     kernels: torch.Tensor,
     kernel_size: int,
     scale: int,
-    impl: str = "lean",
+    impl: str = "auto",
     softmax: bool = False,
 ) -> torch.Tensor:
     """Reassembles ``features`` with per-pixel kernels.
 
     Args:
         features: (B, C, H, W) float tensor.
-        kernels: (B, K*K, s*H, s*W), same dtype and device, already normalised (e.g. softmax over dim 1);
-            channel k = (i + r) * K + (j + r) weights the source offset (i, j), row-major.
+        kernels: (B, K*K, s*H, s*W) float, on the same device: kernels (e.g. softmax-normalised over dim 1),
+            or logits with ``softmax``; channel k = (i + r) * K + (j + r) weights the source offset (i, j).
         kernel_size: K, odd.
         scale: s, a positive int.
-        impl: ``"lean"`` (default) or ``"reference"``; both give the same result and gradients.
-        softmax: the kernels are logits: normalise them with a softmax over dim 1 first. The lean op then
-            never stores the normalised kernels (it recomputes them per band in backward).
+        impl: "auto" (default), "lean", "triton" or "reference"; see the module docstring.
+        softmax: the kernels are logits: normalise them with a softmax over dim 1 first (inside the op, which
+            never stores the normalised kernels).
 
     Returns:
-        (B, C, s*H, s*W) tensor of ``features``' dtype.
+        (B, C, s*H, s*W) tensor of ``features``' dtype (the dtype and layout contract of the module docstring).
     """
-    check_carafe_inputs(features, kernels, kernel_size, scale)
-    check_choice("carafe", "impl", impl, IMPLEMENTATIONS)
-    b, c, h, w = features.shape
-    add_macs(b * c * h * w * scale * scale * kernel_size * kernel_size)
-    if impl == "reference":
-        return carafe_reference(features, kernels.softmax(dim=1) if softmax else kernels, kernel_size, scale)
-    return _carafe_lean_op(features.contiguous(), _dense(kernels), kernel_size, scale, None, None, softmax)
+    return _reassemble("carafe", features, kernels, None, None, None, kernel_size, scale, softmax, False, impl)
 
 
 def gated_carafe(
@@ -101,42 +193,176 @@ def gated_carafe(
     scale: int,
     skip: torch.Tensor,
     gate: torch.Tensor,
-    impl: str = "lean",
+    impl: str = "auto",
     softmax: bool = False,
 ) -> torch.Tensor:
     """``gate * skip + (1 - gate) * carafe(features, kernels, kernel_size, scale)`` in one pass.
 
     Args:
-        features, kernels, kernel_size, scale, softmax: as in :func:`carafe`.
+        features, kernels, kernel_size, scale, impl, softmax: as in :func:`carafe`.
         skip: (B, C, s*H, s*W), the tensor the gate lets through (FADE's ``en``).
-        gate: (B, 1, s*H, s*W) or (B, C, s*H, s*W), usually in [0, 1].
-        impl: ``"lean"`` computes it as ``torch.lerp(carafe(...), skip, gate)`` band by band (so gate 0 gives
-            the reassembly and gate 1 gives ``skip`` exactly); ``"reference"`` evaluates the formula above
-            with whole tensors, as the official code does.
+        gate: (B, 1, s*H, s*W) or (B, C, s*H, s*W), usually in [0, 1]. The op computes
+            ``torch.lerp(carafe(...), skip, gate)``, so gate 0 gives the reassembly and gate 1 gives ``skip``
+            exactly (the reference evaluates the formula above, as the official code does).
 
     Returns:
-        (B, C, s*H, s*W).
+        (B, C, s*H, s*W) of ``features``' dtype.
     """
-    check_carafe_inputs(features, kernels, kernel_size, scale)
-    check_choice("gated_carafe", "impl", impl, IMPLEMENTATIONS)
+    return _reassemble("gated_carafe", features, kernels, None, skip, gate, kernel_size, scale, softmax, False, impl)
+
+
+def fade_carafe(
+    features: torch.Tensor,
+    logits: torch.Tensor,
+    logits_lo: torch.Tensor | None,
+    skip: torch.Tensor,
+    gate_lo: torch.Tensor,
+    kernel_size: int,
+    scale: int,
+    impl: str = "auto",
+) -> torch.Tensor:
+    """FADE's output: ``g * skip + (1 - g) * carafe(features, softmax(logits + up(logits_lo)))``.
+
+    ``g = sigmoid(up(gate_lo))``, ``up`` is nearest upsampling by ``scale``: the op reads ``logits_lo`` and
+    ``gate_lo`` at the input resolution and never stores their upsampled copies.
+
+    Args:
+        features: (B, C, H, W), FADE's ``de``.
+        logits: (B, K*K, s*H, s*W), the encoder branch of the kernel logits.
+        logits_lo: (B, K*K, H, W), the decoder branch of the logits (added to each s x s block), or None.
+        skip: (B, C, s*H, s*W), FADE's ``en``.
+        gate_lo: (B, 1, H, W) or (B, C, H, W) gate LOGITS at the input resolution (before the sigmoid).
+        kernel_size, scale, impl: as in :func:`carafe`.
+
+    Returns:
+        (B, C, s*H, s*W) of ``features``' dtype.
+    """
+    return _reassemble("fade_carafe", features, logits, logits_lo, skip, gate_lo, kernel_size, scale, True, True, impl)
+
+
+def fade_logits(
+    logits: torch.Tensor, logits_lo: torch.Tensor, scale: int
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """FADE's two logit branches in the form the op reads best on their device, for :func:`fade_carafe`.
+
+    Triton (and the reference) read ``logits_lo`` at the input resolution: both come back unchanged. The lean
+    op gets ``(logits + up(logits_lo), None)``, summed IN PLACE into ``logits`` (which must be a temporary of
+    the caller that autograd has not saved): then only the sum is kept for the backward, as in a plain
+    ``from_en + up(from_de)``, instead of both branches.
+
+    Args:
+        logits: (B, K*K, s*H, s*W).  logits_lo: (B, K*K, H, W), same dtype and device.
+    """
+    if resolve_impl("auto", logits.device) != "lean":
+        return logits, logits_lo
+    return _AddUpsampled.apply(logits, logits_lo, scale), None
+
+
+class _AddUpsampled(torch.autograd.Function):
+    """In place: ``logits += nearest_up(logits_lo)`` through a broadcast view (no upsampled copy)."""
+
+    @staticmethod
+    def forward(ctx, logits, logits_lo, scale):
+        b, k2, h, w = logits_lo.shape
+        logits.view(b, k2, h, scale, w, scale).add_(logits_lo[:, :, :, None, :, None])
+        ctx.mark_dirty(logits)
+        ctx.scale = scale
+        return logits
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, block_sums(grad, ctx.scale), None
+
+
+def block_sums(t: torch.Tensor, scale: int) -> torch.Tensor:
+    """(B, N, sH, sW) -> (B, N, H, W): the sum of each s x s block (the gradient of a nearest upsampling)."""
+    return t.unflatten(3, (-1, scale)).unflatten(2, (-1, scale)).sum(dim=(3, 5))
+
+
+def _shape(t: torch.Tensor | None) -> tuple | None:
+    return None if t is None else tuple(t.shape)
+
+
+def check_carafe_inputs(features: torch.Tensor, kernels: torch.Tensor, kernel_size: int, scale: int) -> None:
+    """Raises ValueError (naming the shapes) unless ``carafe(features, kernels, kernel_size, scale)`` is valid."""
+    _check("carafe", features, kernels, None, None, None, kernel_size, scale, False)
+
+
+def _check(owner, features, kernels, kernels_lo, skip, gate, kernel_size, scale, gate_lo) -> None:
+    """Raises ValueError (naming the shapes) unless the arguments describe a valid reassembly."""
+    check_int(owner, "kernel_size", kernel_size, odd=True)
+    check_int(owner, "scale", scale)
+    tensors = {"features": features, "kernels": kernels, "kernels_lo": kernels_lo, "skip": skip, "gate": gate}
+    for name, t in tensors.items():
+        if t is not None and (not isinstance(t, torch.Tensor) or t.dim() != 4 or not t.is_floating_point()):
+            what = f"{_shape(t)} {t.dtype}" if isinstance(t, torch.Tensor) else type(t).__name__
+            raise ValueError(f"{owner}: {name} must be a 4-D floating tensor, got {what}")
+        if t is not None and t.device != features.device:
+            raise ValueError(f"{owner}: {name} is on {t.device}, features on {features.device}: use one device")
     b, c, h, w = features.shape
-    out_shape = (b, c, scale * h, scale * w)
-    if tuple(skip.shape) != out_shape or gate.dim() != 4 or gate.shape[1] not in (1, c) or (
-        (gate.shape[0],) + tuple(gate.shape[2:]) != (b, scale * h, scale * w)
+    k2, s = kernel_size * kernel_size, scale
+    expected = (b, k2, s * h, s * w)
+    if tuple(kernels.shape) != expected:
+        raise ValueError(
+            f"{owner}: kernels {_shape(kernels)} do not match features {_shape(features)}: "
+            f"expected {expected} for kernel_size={kernel_size}, scale={scale}"
+        )
+    if kernels_lo is not None and tuple(kernels_lo.shape) != (b, k2, h, w):
+        raise ValueError(
+            f"{owner}: kernels_lo {_shape(kernels_lo)} do not match features {_shape(features)}: "
+            f"expected {(b, k2, h, w)}"
+        )
+    if skip is None:
+        return
+    out_shape = (b, c, s * h, s * w)
+    gh, gw = (h, w) if gate_lo else (s * h, s * w)
+    if tuple(skip.shape) != out_shape or gate.shape[1] not in (1, c) or (
+        (gate.shape[0],) + tuple(gate.shape[2:]) != (b, gh, gw)
     ):
         raise ValueError(
-            f"gated_carafe: skip {tuple(skip.shape)} and gate {tuple(gate.shape)} do not match features "
-            f"{tuple(features.shape)}: expected skip {out_shape} and gate {(b, 1, scale * h, scale * w)} or {out_shape}"
+            f"{owner}: skip {_shape(skip)} and gate {_shape(gate)} do not match features {_shape(features)}: "
+            f"expected skip {out_shape} and gate {(b, 1, gh, gw)} or {(b, c, gh, gw)}"
         )
-    if not (skip.dtype == gate.dtype == features.dtype):
-        raise ValueError(f"gated_carafe: skip ({skip.dtype}) and gate ({gate.dtype}) must be {features.dtype}")
+
+
+def _dense(t: torch.Tensor | None) -> torch.Tensor | None:
+    """``t`` if it is dense in the NCHW or the channels-last layout, else an NCHW copy. Both implementations
+    read any dense layout; converting a channels-last network's tensors to NCHW would cost more than the op."""
+    return t if t is None or t.is_contiguous() or is_channels_last(t) else t.contiguous()
+
+
+def _reassemble(owner, features, kernels, kernels_lo, skip, gate, kernel_size, scale, softmax, gate_lo, impl):
+    """The one entry to the operator: checks, casts to the features' dtype, picks the implementation."""
+    _check(owner, features, kernels, kernels_lo, skip, gate, kernel_size, scale, gate_lo)
+    check_choice(owner, "impl", impl, IMPLEMENTATIONS)
+    b, c, h, w = features.shape
     add_macs(b * c * h * w * scale * scale * kernel_size * kernel_size)
-    if impl == "reference":
-        kernels = kernels.softmax(dim=1) if softmax else kernels
-        return gate * skip + (1 - gate) * carafe_reference(features, kernels, kernel_size, scale)
-    return _carafe_lean_op(
-        features.contiguous(), _dense(kernels), kernel_size, scale, _dense(skip), _dense(gate), softmax
+    kernels, kernels_lo, skip, gate = (
+        t if t is None or t.dtype == features.dtype else t.to(features.dtype) for t in (kernels, kernels_lo, skip, gate)
     )
+    impl = resolve_impl(impl, features.device)
+    if impl == "reference":
+        return _reference(features, kernels, kernels_lo, skip, gate, kernel_size, scale, softmax, gate_lo)
+    # The lean op's shifted-window multiply-adds run fastest on NCHW features (a quarter of the output's size).
+    features = features.contiguous() if impl == "lean" else _dense(features)
+    return _reassemble_op(
+        features, _dense(kernels), _dense(kernels_lo), _dense(skip), _dense(gate),
+        kernel_size, scale, softmax, gate_lo, impl,
+    )
+
+
+def _reference(features, kernels, kernels_lo, skip, gate, kernel_size, scale, softmax, gate_lo) -> torch.Tensor:
+    """The formulas of the public functions in plain tensor ops (autograd gives the gradients)."""
+    if kernels_lo is not None:
+        kernels = kernels + F.interpolate(kernels_lo, scale_factor=scale, mode="nearest")
+    if softmax:
+        kernels = kernels.softmax(dim=1)
+    out = carafe_reference(features, kernels, kernel_size, scale)
+    if skip is not None:
+        if gate_lo:
+            gate = torch.sigmoid(F.interpolate(gate, scale_factor=scale, mode="nearest"))
+        out = gate * skip + (1 - gate) * out
+    return out.to(features.dtype)  # autocast may have run some of these ops in another dtype
 
 
 def carafe_reference(features: torch.Tensor, kernels: torch.Tensor, kernel_size: int, scale: int) -> torch.Tensor:
@@ -150,30 +376,106 @@ def carafe_reference(features: torch.Tensor, kernels: torch.Tensor, kernel_size:
     return torch.einsum("bkchw,bkhw->bchw", patches, kernels)
 
 
+# --- the operator ------------------------------------------------------------------------------------------
+#
+# matting::reassemble(features, kernels, kernels_lo?, skip?, gate?, kernel_size, scale, softmax, gate_lo, impl)
+#   features (B, C, H, W); kernels (B, K*K, sH, sW); kernels_lo (B, K*K, H, W) added to every s x s block;
+#   skip (B, C, sH, sW); gate (B, 1|C, sH, sW) values, or with gate_lo (B, 1|C, H, W) logits; all one dtype.
+#   impl: "lean" or "triton" (resolved by resolve_impl before the call).
+
+
+def _new_output(features: torch.Tensor, scale: int, skip: torch.Tensor | None) -> torch.Tensor:
+    """Uninitialised (B, C, s*H, s*W) output in the skip feature's layout (channels-last in a channels-last
+    network), else NCHW; every implementation and the fake kernel allocate it alike."""
+    b, c, h, w = features.shape
+    layout = torch.channels_last if skip is not None and is_channels_last(skip) else torch.contiguous_format
+    return torch.empty((b, c, scale * h, scale * w), dtype=features.dtype, device=features.device, memory_format=layout)
+
+
+def _new_grads(features, kernels, kernels_lo, skip, gate, needs) -> list[torch.Tensor]:
+    """Uninitialised gradients in their inputs' layouts; an empty tensor for an input that needs none."""
+    inputs = (features, kernels, kernels_lo, skip, gate)
+    return [torch.empty_like(t) if t is not None and need else features.new_empty(0) for t, need in zip(inputs, needs)]
+
+
+@torch.library.custom_op("matting::reassemble", mutates_args=())
+def _reassemble_op(
+    features: torch.Tensor,
+    kernels: torch.Tensor,
+    kernels_lo: torch.Tensor | None,
+    skip: torch.Tensor | None,
+    gate: torch.Tensor | None,
+    kernel_size: int,
+    scale: int,
+    softmax: bool,
+    gate_lo: bool,
+    impl: str,
+) -> torch.Tensor:
+    out = _new_output(features, scale, skip)
+    run = _triton_module().forward if impl == "triton" else _lean_forward
+    run(out, features, kernels, kernels_lo, skip, gate, kernel_size, scale, softmax, gate_lo)
+    return out
+
+
+@_reassemble_op.register_fake
+def _(features, kernels, kernels_lo, skip, gate, kernel_size, scale, softmax, gate_lo, impl):
+    return _new_output(features, scale, skip)
+
+
+@torch.library.custom_op("matting::reassemble_backward", mutates_args=())
+def _reassemble_backward_op(
+    grad_out: torch.Tensor,
+    features: torch.Tensor,
+    kernels: torch.Tensor,
+    kernels_lo: torch.Tensor | None,
+    skip: torch.Tensor | None,
+    gate: torch.Tensor | None,
+    kernel_size: int,
+    scale: int,
+    softmax: bool,
+    gate_lo: bool,
+    impl: str,
+    needs: list[bool],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients of features, kernels, kernels_lo, skip and gate (an empty tensor where ``needs`` is False)."""
+    run = _triton_module().backward if impl == "triton" else _lean_backward
+    return tuple(run(needs, grad_out, features, kernels, kernels_lo, skip, gate, kernel_size, scale, softmax, gate_lo))
+
+
+@_reassemble_backward_op.register_fake
+def _(grad_out, features, kernels, kernels_lo, skip, gate, kernel_size, scale, softmax, gate_lo, impl, needs):
+    return tuple(_new_grads(features, kernels, kernels_lo, skip, gate, needs))
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    features, kernels, kernels_lo, skip, gate, kernel_size, scale, softmax, gate_lo, impl = inputs
+    ctx.save_for_backward(features, kernels, kernels_lo, skip, gate)
+    ctx.args = (kernel_size, scale, softmax, gate_lo, impl)
+
+
+def _backward(ctx, grad_out):
+    features, kernels, kernels_lo, skip, gate = ctx.saved_tensors
+    kernel_size, scale, softmax, gate_lo, impl = ctx.args
+    needs = [bool(ctx.needs_input_grad[i]) for i in range(5)]
+    grads = _reassemble_backward_op(
+        grad_out, features, kernels, kernels_lo, skip, gate, kernel_size, scale, softmax, gate_lo, impl, needs
+    )
+    return (*(g if need else None for g, need in zip(grads, needs)), None, None, None, None, None)
+
+
+_reassemble_op.register_autograd(_backward, setup_context=_setup_context)
+
+
 # --- the lean implementation ------------------------------------------------------------------------------
 #
 # Work is split into bands of input rows [y0, y1). A band feeds output rows [s*y0, s*y1), i.e. s*s output
 # phases (s*y + py, s*x + px). Per band, the kernels (and skip, gate, output gradient) are gathered
 # phase-major into small dense (B, s, s, ., n, W) buffers; the reassembly of all phases is accumulated in
-# place, one op per kernel offset (nothing is allocated per offset), and the result is scattered back. With
+# place, one op per kernel offset (nothing is allocated per offset), and the result is scattered back. The
+# input-resolution operands (kernels_lo, gate logits) broadcast over the phase axes as they are. With
 # ``softmax`` the op receives logits and normalises each band's kernels itself, so neither the normalised
 # kernels nor their gradient ever exist as full-size tensors. Few, large ops matter on CPU: each op pays an
 # OpenMP barrier, which stalls whenever another process holds a core.
-
-
-def _dense(t: torch.Tensor) -> torch.Tensor:
-    """``t`` if it is dense in the NCHW or the channels-last layout, else an NCHW copy. The full-resolution
-    operands (kernels, skip, gate, output) are only gathered and scattered band by band, which works with any
-    dense layout; converting a channels-last network's tensors to NCHW would cost more than the op itself."""
-    return t if t.is_contiguous() or is_channels_last(t) else t.contiguous()
-
-
-def _new_output(features: torch.Tensor, scale: int, skip: torch.Tensor | None) -> torch.Tensor:
-    """Uninitialised (B, C, s*H, s*W) output in the skip feature's layout (channels-last in a channels-last
-    network), else NCHW; the op and its fake implementation allocate it alike."""
-    b, c, h, w = features.shape
-    layout = torch.channels_last if skip is not None and is_channels_last(skip) else torch.contiguous_format
-    return torch.empty((b, c, scale * h, scale * w), dtype=features.dtype, device=features.device, memory_format=layout)
 
 
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -198,6 +500,11 @@ def _phases(t: torch.Tensor, y0: int, y1: int, scale: int) -> torch.Tensor:
     return t[:, :, scale * y0 : scale * y1].view(b, c, n, scale, w, scale).permute(0, 3, 5, 1, 2, 4)
 
 
+def _rows(t: torch.Tensor, y0: int, y1: int) -> torch.Tensor:
+    """Rows [y0, y1) of an input-resolution t (B, C, H, W) as (B, 1, 1, C, n, W), to broadcast over phases."""
+    return t[:, None, None, :, y0:y1]
+
+
 class _Buffers:
     """Band buffers reused across bands: (B, s, s, channels, rows, W), sliced to each band's height."""
 
@@ -216,13 +523,31 @@ class _Buffers:
         buf.copy_(_phases(t, y0, y1, self.scale))
         return buf
 
+    def read(self, name: str, t: torch.Tensor, y0: int, y1: int, dtype: torch.dtype) -> torch.Tensor:
+        """Like :meth:`gather` for an operand that is only read: its phase view itself when it has ``dtype``."""
+        return _phases(t, y0, y1, self.scale) if t.dtype == dtype else self.gather(name, t, y0, y1, dtype)
 
-def _kernels_of_band(buf: _Buffers, kernels, y0, y1, softmax: bool) -> torch.Tensor:
-    """(B, s, s, K*K, n, W) kernels of one band, normalised here when ``softmax`` (in float32 or wider)."""
-    if not softmax:
+
+def _kernels_of_band(buf: _Buffers, kernels, kernels_lo, y0, y1, softmax: bool) -> torch.Tensor:
+    """(B, s, s, K*K, n, W) kernels of one band: plus kernels_lo, normalised when ``softmax`` (in float32 or
+    wider when either applies)."""
+    if not softmax and kernels_lo is None:
         return buf.gather("ker", kernels, y0, y1, kernels.dtype)
     logits = buf.gather("logits", kernels, y0, y1, _acc_dtype(kernels.dtype))
+    if kernels_lo is not None:
+        logits.add_(_rows(kernels_lo, y0, y1))
+    if not softmax:
+        return logits
     return torch.softmax(logits, dim=3, out=buf.get("ker", kernels.shape[1], y1 - y0, logits.dtype))
+
+
+def _gate_of_band(buf: _Buffers, gate, y0, y1, gate_lo: bool) -> torch.Tensor:
+    """The gate of one band: (B, s, s, 1|C, n, W), or with ``gate_lo`` sigmoid(logits) as (B, 1, 1, 1|C, n, W)."""
+    acc_dtype = _acc_dtype(gate.dtype)
+    if not gate_lo:
+        return buf.gather("gate", gate, y0, y1, acc_dtype)
+    band = buf.get("gate", gate.shape[1], y1 - y0, acc_dtype, phases=False)
+    return band.copy_(_rows(gate, y0, y1)).sigmoid_()
 
 
 def _offsets(kernel_size: int, y0: int, y1: int, h: int, w: int):
@@ -239,7 +564,7 @@ def _offsets(kernel_size: int, y0: int, y1: int, h: int, w: int):
             yield k, band, (slice(ya + di, yb + di), slice(xa + dj, xb + dj))
 
 
-def _reassemble(acc, features, ker, y0, y1, kernel_size) -> None:
+def _accumulate(acc, features, ker, y0, y1, kernel_size) -> None:
     """acc (B, s, s, C, n, W) = sum_k ker[:, :, :, k] * (features rows y0..y1 shifted by offset k)."""
     h, w = features.shape[-2:]
     for k, (rows, cols), (src_rows, src_cols) in _offsets(kernel_size, y0, y1, h, w):
@@ -250,79 +575,47 @@ def _reassemble(acc, features, ker, y0, y1, kernel_size) -> None:
             acc[..., rows, cols].addcmul_(window, ker[:, :, :, k : k + 1, rows, cols])
 
 
-@torch.library.custom_op("matting::carafe_lean", mutates_args=())
-def _carafe_lean_op(
-    features: torch.Tensor,
-    kernels: torch.Tensor,
-    kernel_size: int,
-    scale: int,
-    skip: torch.Tensor | None,
-    gate: torch.Tensor | None,
-    softmax: bool,
-) -> torch.Tensor:
+def _lean_forward(out, features, kernels, kernels_lo, skip, gate, kernel_size, scale, softmax, gate_lo) -> None:
     b, c, h, w = features.shape
     acc_dtype = _acc_dtype(features.dtype)
-    out = _new_output(features, scale, skip)
     buf = _Buffers(features, scale)
     for y0 in range(0, h, buf.rows):
         y1 = min(h, y0 + buf.rows)
-        ker = _kernels_of_band(buf, kernels, y0, y1, softmax)
+        ker = _kernels_of_band(buf, kernels, kernels_lo, y0, y1, softmax)
         acc = buf.get("acc", c, y1 - y0, acc_dtype)
-        _reassemble(acc, features, ker, y0, y1, kernel_size)
+        _accumulate(acc, features, ker, y0, y1, kernel_size)
         if skip is not None:
-            skip_band = buf.gather("skip", skip, y0, y1, acc_dtype)
-            torch.lerp(acc, skip_band, buf.gather("gate", gate, y0, y1, acc_dtype), out=acc)
+            skip_band = buf.read("skip", skip, y0, y1, acc_dtype)
+            torch.lerp(acc, skip_band, _gate_of_band(buf, gate, y0, y1, gate_lo), out=acc)
         _phases(out, y0, y1, scale).copy_(acc)
-    return out
 
 
-@_carafe_lean_op.register_fake
-def _(features, kernels, kernel_size, scale, skip, gate, softmax):
-    return _new_output(features, scale, skip)
-
-
-@torch.library.custom_op("matting::carafe_lean_backward", mutates_args=())
-def _carafe_lean_backward_op(
-    grad_out: torch.Tensor,
-    features: torch.Tensor,
-    kernels: torch.Tensor,
-    kernel_size: int,
-    scale: int,
-    skip: torch.Tensor | None,
-    gate: torch.Tensor | None,
-    softmax: bool,
-    needs: list[bool],
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def _lean_backward(needs, grad_out, features, kernels, kernels_lo, skip, gate, kernel_size, scale, softmax, gate_lo):
     b, c, h, w = features.shape
     k2 = kernel_size * kernel_size
     acc_dtype = _acc_dtype(features.dtype)
-    need_features, need_kernels, need_skip, need_gate = needs
+    need_features, need_kernels, need_lo, need_skip, need_gate = needs
+    grads = _new_grads(features, kernels, kernels_lo, skip, gate, [False, *needs[1:]])
+    _, grad_kernels, grad_lo, grad_skip, grad_gate = grads
+    need_ker = need_kernels or need_lo
     gated = skip is not None
-    # Accumulated in place; for float32/float64 this is the returned gradient itself.
-    grad_acc = features.new_zeros(features.shape, dtype=acc_dtype) if need_features else None
-    grad_kernels = torch.empty_like(kernels) if need_kernels else kernels.new_empty(0)
-    grad_skip = torch.empty_like(skip) if gated and need_skip else features.new_empty(0)
-    grad_gate = torch.empty_like(gate) if gated and need_gate else features.new_empty(0)
+    # Accumulated in place (in the features' layout); for float32/float64 it is the returned gradient itself.
+    grad_acc = torch.zeros_like(features, dtype=acc_dtype) if need_features else None
     buf = _Buffers(features, scale)
     for y0 in range(0, h, buf.rows):
         y1 = min(h, y0 + buf.rows)
         n = y1 - y0
-        ker = _kernels_of_band(buf, kernels, y0, y1, softmax)
+        ker = _kernels_of_band(buf, kernels, kernels_lo, y0, y1, softmax)
         grad = buf.gather("grad", grad_out, y0, y1, acc_dtype)  # becomes the gradient of the reassembly
         prod = buf.get("prod", c, n, acc_dtype)
         if gated:
-            gate_band = buf.gather("gate", gate, y0, y1, acc_dtype)
+            gate_band = _gate_of_band(buf, gate, y0, y1, gate_lo)
             if need_skip:
                 _phases(grad_skip, y0, y1, scale).copy_(torch.mul(grad, gate_band, out=prod))
             if need_gate:
-                # d/dgate of lerp(up, skip, gate) = skip - up: recompute this band of up rather than store it.
-                diff = buf.get("acc", c, n, acc_dtype)
-                _reassemble(diff, features, ker, y0, y1, kernel_size)
-                torch.sub(buf.gather("skip", skip, y0, y1, acc_dtype), diff, out=diff).mul_(grad)
-                grad_gate_band = diff.sum(dim=3, keepdim=True) if gate.shape[1] == 1 else diff
-                _phases(grad_gate, y0, y1, scale).copy_(grad_gate_band)
+                _gate_gradient(buf, grad_gate, grad, gate_band, features, ker, skip, y0, y1, kernel_size, gate_lo)
             grad.mul_(1 - gate_band)
-        if need_kernels:
+        if need_ker:
             grad_ker = buf.get("grad_ker", k2, n, acc_dtype).zero_()  # clipped offsets leave zeros
         if need_features:
             summed = buf.get("summed", c, n, acc_dtype, phases=False)[:, 0, 0]
@@ -331,43 +624,31 @@ def _carafe_lean_backward_op(
             if need_features:  # transpose of the gather: the phases' gradients flow back through offset k
                 torch.mul(g, ker[:, :, :, k : k + 1, rows, cols], out=p)
                 grad_acc[:, :, src_rows, src_cols].add_(torch.sum(p, dim=(1, 2), out=summed[..., rows, cols]))
-            if need_kernels:  # channel-wise dot product of gradient and window
+            if need_ker:  # channel-wise dot product of gradient and window
                 torch.mul(g, features[:, None, None, :, src_rows, src_cols], out=p)
                 torch.sum(p, dim=3, out=grad_ker[:, :, :, k, rows, cols])
-        if need_kernels:
+        if need_ker:
             if softmax:  # through the softmax: k * (g - sum_j k_j g_j)
                 dot = torch.mul(grad_ker, ker, out=buf.get("logits", k2, n, acc_dtype)).sum(dim=3, keepdim=True)
                 grad_ker.sub_(dot).mul_(ker)
-            _phases(grad_kernels, y0, y1, scale).copy_(grad_ker)
+            if need_kernels:
+                _phases(grad_kernels, y0, y1, scale).copy_(grad_ker)
+            if need_lo:  # each input-resolution logit feeds the s*s output pixels of its block
+                grad_lo[:, :, y0:y1].copy_(grad_ker.sum(dim=(1, 2)))
     if need_features:
-        grad_features = grad_acc if grad_acc.dtype == features.dtype else grad_acc.to(features.dtype)
+        grads[0] = grad_acc if grad_acc.dtype == features.dtype else grad_acc.to(features.dtype)
+    return grads
+
+
+def _gate_gradient(buf, grad_gate, grad, gate_band, features, ker, skip, y0, y1, kernel_size, gate_lo) -> None:
+    """One band of the gate's gradient: d/dgate of lerp(up, skip, gate) = skip - up, with this band of up
+    recomputed rather than stored; through the sigmoid and summed over each block's s*s pixels with gate_lo."""
+    c, n, scale = features.shape[1], y1 - y0, buf.scale
+    diff = buf.get("acc", c, n, grad.dtype)
+    _accumulate(diff, features, ker, y0, y1, kernel_size)
+    torch.sub(buf.read("skip", skip, y0, y1, grad.dtype), diff, out=diff).mul_(grad)
+    band = diff.sum(dim=3, keepdim=True) if grad_gate.shape[1] == 1 else diff
+    if gate_lo:
+        grad_gate[:, :, y0:y1].copy_((band * (gate_band * (1 - gate_band))).sum(dim=(1, 2)))
     else:
-        grad_features = features.new_empty(0)
-    return grad_features, grad_kernels, grad_skip, grad_gate
-
-
-@_carafe_lean_backward_op.register_fake
-def _(grad_out, features, kernels, kernel_size, scale, skip, gate, softmax, needs):
-    def like(t, needed):
-        return torch.empty_like(t) if t is not None and needed else features.new_empty(0)
-
-    return like(features, needs[0]), like(kernels, needs[1]), like(skip, needs[2]), like(gate, needs[3])
-
-
-def _setup_context(ctx, inputs, output) -> None:
-    features, kernels, kernel_size, scale, skip, gate, softmax = inputs
-    ctx.save_for_backward(features, kernels, skip, gate)
-    ctx.kernel_size, ctx.scale, ctx.softmax = kernel_size, scale, softmax
-
-
-def _backward(ctx, grad_out):
-    features, kernels, skip, gate = ctx.saved_tensors
-    needs = [bool(x) for x in ctx.needs_input_grad[:2]] + [bool(ctx.needs_input_grad[i]) for i in (4, 5)]
-    grads = _carafe_lean_backward_op(
-        grad_out, features, kernels, ctx.kernel_size, ctx.scale, skip, gate, ctx.softmax, needs
-    )
-    grad_features, grad_kernels, grad_skip, grad_gate = (g if need else None for g, need in zip(grads, needs))
-    return grad_features, grad_kernels, None, None, grad_skip, grad_gate, None
-
-
-_carafe_lean_op.register_autograd(_backward, setup_context=_setup_context)
+        _phases(grad_gate, y0, y1, scale).copy_(band)

@@ -5,12 +5,13 @@ Every upsampler is called as ``up(en, de)``:
 - ``en``: (B, C, sH, sW) encoder feature at the target resolution (ignored when ``uses_encoder`` is False;
   those upsamplers also accept ``en=None``),
 - ``de``: (B, C, H, W) decoder feature to upsample,
-- returns (B, C, sH, sW), same dtype and device as ``de``.
+- returns (B, C, sH, sW), same dtype (also under autocast) and device as ``de``.
 """
 
 from __future__ import annotations
 
 import inspect
+import warnings
 from typing import Callable, TypeVar
 
 import torch
@@ -57,6 +58,10 @@ class Upsampler(nn.Module):
     #: Whether ``en`` is read. Class attribute, so the network can decide what to pass without building one.
     uses_encoder: bool = False
 
+    #: Options of earlier versions that configs (and checkpoints' configs) may still carry, with their valid
+    #: values: :func:`build_upsampler` checks them, warns and ignores them.
+    obsolete_options: dict[str, tuple] = {}
+
     def __init__(self, channels: int, scale: int = 2) -> None:
         super().__init__()
         check_int(type(self).__name__, "channels", channels)
@@ -93,6 +98,10 @@ class Upsampler(nn.Module):
     def forward(self, en: torch.Tensor | None, de: torch.Tensor) -> torch.Tensor:
         self.check_inputs(en, de)
         out = self.upsample(en, de)
+        # Under CUDA autocast some ops (e.g. upsample_nearest2d) run in float32 next to float16 features; the
+        # decoder stays in one dtype, so the output has de's.
+        if out.dtype != de.dtype:
+            out = out.to(de.dtype)
         # A channels-last network (``train.channels_last``, or CPU inference, where oneDNN convolutions run
         # ~1.5x faster in that layout) stays channels-last: the custom ops work in NCHW, and an NCHW output
         # would make every following convolution convert its input back.
@@ -149,6 +158,13 @@ def build_upsampler(name: str, channels: int, scale: int = 2, **options) -> Upsa
             f"unknown upsampler {name!r}; known upsamplers: {', '.join(available_upsamplers())}"
         )
     cls = UPSAMPLERS[name]
+    for key in set(options) & set(cls.obsolete_options):
+        value = options.pop(key)
+        check_choice(name, key, value, cls.obsolete_options[key])
+        warnings.warn(
+            f"upsampler {name!r}: option {key!r} is obsolete and ignored (implementations are chosen "
+            "internally, per device)", FutureWarning, stacklevel=2,
+        )
     known = _options_of(cls)
     for key in options:
         if key not in known:
