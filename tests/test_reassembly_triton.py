@@ -17,7 +17,7 @@ from matting.upsamplers import reassembly
 
 from helpers import reassembly_inputs, reassembly_op_args, reassembly_results
 
-pytestmark = pytest.mark.triton
+pytestmark = [pytest.mark.triton, pytest.mark.slow]  # the interpreter: about a minute in all
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
