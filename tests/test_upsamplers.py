@@ -26,7 +26,10 @@ from matting.upsamplers import (
 from matting.upsamplers.reassembly import carafe
 from matting.utils.flops import add_macs, count_macs
 
-NAMES = ["nearest", "bilinear", "deconv", "pixelshuffle", "carafe", "fade", "fade_lite", "a2u", "indexnet"]
+NAMES = [
+    "nearest", "bilinear", "deconv", "pixelshuffle", "carafe", "fade", "fade_lite", "a2u", "indexnet",
+    "sapa", "sapa_g", "dysample",
+]
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -86,6 +89,11 @@ def test_unknown_option_is_named(name):
         ("indexnet", {"mode": "x"}, "mode"),
         ("a2u", {"scale": 3}, "scale"),
         ("nearest", {"scale": 1}, "scale"),
+        ("sapa", {"up_kernel_size": 4}, "up_kernel_size"),
+        ("sapa_g", {"reassembly": "fast"}, "reassembly"),
+        ("dysample", {"style": "x"}, "style"),
+        ("dysample", {"groups": 3}, "divisible by groups"),
+        ("dysample", {"style": "pl", "scale": 3}, "divisible by scale"),
     ],
 )
 def test_bad_option_values(name, options, match):
