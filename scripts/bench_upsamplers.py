@@ -7,6 +7,9 @@ Each case runs in a fresh subprocess, so that one case's memory cannot leak into
 (1, C, S/2, S/2), ``en`` and the output (1, C, S, S). Rows besides the registered upsamplers:
 
 - ``fade (unfold reference)``: FADE built on the official-style unfold reassembly (``reassembly="reference"``);
+- ``sapa (E=32)``, ``sapa_g (E=32)``: SAPA-B/G with the embedding width of the configs (the registered rows
+  use the official default, 64); ``sapa (unfold reference)``: SAPA-B with the unfold similarity and
+  reassembly of the authors' pure-PyTorch check; ``dysample+ (dyscope)``: DySample with dynamic scope;
 - ``reassembly op: lean`` / ``reassembly op: unfold reference``: the bare :func:`carafe` op on random
   normalised kernels, the second being what the official pure-PyTorch code costs.
 
@@ -37,9 +40,18 @@ sys.path.insert(0, str(REPO))
 from matting.errors import MattingError, cli  # noqa: E402
 
 FADE_REFERENCE = "fade (unfold reference)"
+SAPA_REFERENCE = "sapa (unfold reference)"
 OP_LEAN = "reassembly op: lean"
 OP_REFERENCE = "reassembly op: unfold reference"
-EXTRA_ROWS = (FADE_REFERENCE, OP_LEAN, OP_REFERENCE)
+#: Rows that are a registered upsampler with options: row name -> (registry name, options).
+VARIANTS = {
+    FADE_REFERENCE: ("fade", {"reassembly": "reference"}),
+    "sapa (E=32)": ("sapa", {"embedding_dim": 32}),
+    "sapa_g (E=32)": ("sapa_g", {"embedding_dim": 32}),
+    SAPA_REFERENCE: ("sapa", {"reassembly": "reference"}),
+    "dysample+ (dyscope)": ("dysample", {"dyscope": True}),
+}
+EXTRA_ROWS = (*VARIANTS, OP_LEAN, OP_REFERENCE)
 
 # Measured peak extra memory of the unfold-based rows, in units of the output tensor (C=32, 1024^2, CPU):
 # used to skip the cases that cannot fit in --memory-budget-gb instead of letting them take the machine down.
@@ -68,8 +80,9 @@ def _build(name: str, channels: int):
         def forward(self, features, kernels):
             return carafe(features, kernels, 5, 2, impl=self.impl)
 
-    if name == FADE_REFERENCE:
-        return build_upsampler("fade", channels, reassembly="reference")
+    if name in VARIANTS:
+        base, options = VARIANTS[name]
+        return build_upsampler(base, channels, **options)
     if name == OP_LEAN:
         return ReassemblyOp("lean")
     if name == OP_REFERENCE:
@@ -183,7 +196,7 @@ def worker(case: dict) -> dict:
 
 def _estimate_bytes(name: str, channels: int, size: int) -> int | None:
     """A predicted peak for the unfold-based rows, None for the others (all of the order of the output)."""
-    if name in (FADE_REFERENCE, OP_REFERENCE):
+    if name in (FADE_REFERENCE, SAPA_REFERENCE, OP_REFERENCE):
         return _REFERENCE_OUTPUTS_OF_MEMORY * channels * size * size * 4
     return None
 

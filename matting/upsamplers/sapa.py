@@ -102,15 +102,17 @@ def sapa_similarity_reference(q: torch.Tensor, k: torch.Tensor, kernel_size: int
 # --- the per-offset similarity op -------------------------------------------------------------------------
 #
 # Channels-last tensors: q (B, sH, sW, E), k (B, H, W, E), logits (B, sH, sW, K*K). Work goes by bands of
-# low-resolution rows; within a band, one multiply and one reduction per kernel offset into reused buffers.
-# The key is zero-padded by r at low resolution (one small copy), so out-of-map neighbours give exactly 0.
+# low-resolution rows (so that a band's passes stay in cache); within a band, one dot product over E per
+# kernel offset and sub-pixel phase, written straight into the logits. The key is zero-padded by r at low
+# resolution (one small copy), so out-of-map neighbours give exactly 0.
 
 
-def _band_rows(q: torch.Tensor, scale: int, h: int) -> int:
-    """Low-resolution rows per band: the band's float32 query copy and product buffer fit the byte budget."""
+def _band_rows(q: torch.Tensor, scale: int, h: int, k2: int) -> int:
+    """Low-resolution rows per band: the band of the query (and its float32 copy for half inputs) and of
+    the logits fit the byte budget."""
     b, _, sw, e = q.shape
     budget = _BAND_BYTES if q.device.type == "cpu" else _GPU_BAND_BYTES
-    per_row = max(1, 2 * b * scale * sw * e * torch.finfo(_acc_dtype(q.dtype)).bits // 8)
+    per_row = max(1, b * scale * sw * (e + k2) * torch.finfo(_acc_dtype(q.dtype)).bits // 8)
     return max(1, min(h, budget // per_row))
 
 
@@ -132,18 +134,17 @@ def _similarity_op(q: torch.Tensor, k: torch.Tensor, kernel_size: int, scale: in
     acc = _acc_dtype(q.dtype)
     padded = _padded_key(k, kernel_size, acc)
     out = q.new_empty(b, s * h, s * w, k2, dtype=acc)
-    rows = _band_rows(q, s, h)
-    prod = q.new_empty(b, rows, s, w, s, e, dtype=acc)
+    rows = _band_rows(q, s, h, k2)
     for y0 in range(0, h, rows):
         y1 = min(h, y0 + rows)
-        n = y1 - y0
         q_band = _query_band(q, y0, y1, s, acc)
-        out_band = out[:, s * y0 : s * y1].view(b, n, s, w, s, k2)
+        out_band = out[:, s * y0 : s * y1].view(b, y1 - y0, s, w, s, k2)
         for off in range(k2):
             a, c = divmod(off, kernel_size)
-            window = padded[:, y0 + a : y1 + a, c : c + w, None, :]  # (B, n, W, 1, E)
-            p = torch.mul(q_band, window[:, :, None], out=prod[:, :n])
-            torch.sum(p, dim=-1, out=out_band[..., off])
+            window = padded[:, y0 + a : y1 + a, c : c + w]  # (B, n, W, E): the keys this offset reads
+            for i in range(s):
+                for j in range(s):
+                    torch.linalg.vecdot(q_band[:, :, i, :, j], window, out=out_band[:, :, i, :, j, off])
     return out
 
 
@@ -155,24 +156,23 @@ def _(q, k, kernel_size, scale):
 
 @torch.library.custom_op("matting::sapa_similarity_key_grad", mutates_args=())
 def _key_grad_op(grad: torch.Tensor, q: torch.Tensor, k: torch.Tensor, kernel_size: int, scale: int) -> torch.Tensor:
-    """Gradient of the logits w.r.t. k: for each offset, the band's sum over the s*s sub-pixels of
-    grad[..., n] * q, added to the key pixel that offset read (the transpose of the forward's gather)."""
+    """Gradient of the logits w.r.t. k: for each offset n and sub-pixel (i, j), grad[..., n] * q added to
+    the key pixels that offset read (the transpose of the forward's gather), one fused multiply-add each."""
     b, h, w, e = k.shape
     s, r, k2 = scale, kernel_size // 2, kernel_size * kernel_size
     acc = grad.dtype
     grad_padded = k.new_zeros(b, h + 2 * r, w + 2 * r, e, dtype=acc)
-    rows = _band_rows(q, s, h)
-    prod = q.new_empty(b, rows, s, w, s, e, dtype=acc)
-    summed = q.new_empty(b, rows, w, e, dtype=acc)
+    rows = _band_rows(q, s, h, k2)
     for y0 in range(0, h, rows):
         y1 = min(h, y0 + rows)
-        n = y1 - y0
         q_band = _query_band(q, y0, y1, s, acc)
-        grad_band = grad[:, s * y0 : s * y1].view(b, n, s, w, s, k2)
+        grad_band = grad[:, s * y0 : s * y1].view(b, y1 - y0, s, w, s, k2)
         for off in range(k2):
             a, c = divmod(off, kernel_size)
-            p = torch.mul(q_band, grad_band[..., off, None], out=prod[:, :n])
-            grad_padded[:, y0 + a : y1 + a, c : c + w].add_(torch.sum(p, dim=(2, 4), out=summed[:, :n]))
+            target = grad_padded[:, y0 + a : y1 + a, c : c + w]  # (B, n, W, E)
+            for i in range(s):
+                for j in range(s):
+                    target.addcmul_(q_band[:, :, i, :, j], grad_band[:, :, i, :, j, off, None])
     return torch.empty_like(k).copy_(grad_padded[:, r : r + h, r : r + w])
 
 
