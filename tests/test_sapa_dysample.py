@@ -1,10 +1,14 @@
 """SAPA-B, SAPA-G and DySample: explicit constructions from their definitions, borders, official names and
 initialisation, mixed precision, the scope-bias converter, MAC counts."""
 
+import dataclasses
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
 
+from matting.config import load_config
 from matting.errors import MattingError
 from matting.upsamplers import (
     SAPA,
@@ -19,6 +23,7 @@ from matting.upsamplers import sapa as sapa_module
 from matting.utils.flops import count_macs
 
 F64 = torch.float64
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _randn(*shape, seed=0, dtype=F64):
@@ -422,6 +427,27 @@ def test_convert_dysample_state_dict_inside_a_network_checkpoint():
     assert set(out) - set(state) == {"decoder.stages.0.up.scope.bias"}
     assert out["decoder.stages.0.up.scope.bias"].shape == (32,)
     assert convert_dysample_state_dict(out, scope_bias=False).keys() == state.keys()
+
+
+# --- configs ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "config,upsampler,options",
+    [("comp1k_sapa", "sapa", {"embedding_dim": 32}), ("comp1k_sapa_g", "sapa_g", {"embedding_dim": 32}),
+     ("comp1k_dysample", "dysample", {})],
+)
+def test_configs_swap_only_the_upsampler_of_the_paper_recipe(config, upsampler, options):
+    fade = load_config(REPO / "configs/comp1k_fade.yaml")
+    cfg = load_config(REPO / f"configs/{config}.yaml")
+    assert (cfg.model.upsampler, cfg.model.upsampler_options) == (upsampler, options)
+    assert cfg.train == fade.train and cfg.data == fade.data and cfg.loss == fade.loss
+    assert dataclasses.replace(cfg.model, upsampler="fade", upsampler_options=fade.model.upsampler_options) == (
+        fade.model
+    )
+    assert cfg.output_dir != fade.output_dir
+    up = build_upsampler(upsampler, 256, **options)
+    assert up.uses_encoder == (upsampler != "dysample")
 
 
 # --- multiply-adds ---------------------------------------------------------------------------------------
