@@ -10,9 +10,11 @@ import torch.nn.functional as F
 
 from matting.config import load_config
 from matting.errors import MattingError
+from matting.models import build_model, make_input
 from matting.upsamplers import (
     SAPA,
     SAPAG,
+    UPSAMPLERS,
     DySample,
     build_upsampler,
     convert_dysample_state_dict,
@@ -21,6 +23,8 @@ from matting.upsamplers import (
 )
 from matting.upsamplers import sapa as sapa_module
 from matting.utils.flops import count_macs
+
+from helpers import trained_head
 
 F64 = torch.float64
 REPO = Path(__file__).resolve().parents[1]
@@ -448,6 +452,22 @@ def test_configs_swap_only_the_upsampler_of_the_paper_recipe(config, upsampler, 
     assert cfg.output_dir != fade.output_dir
     up = build_upsampler(upsampler, 256, **options)
     assert up.uses_encoder == (upsampler != "dysample")
+
+
+@pytest.mark.parametrize(
+    "upsampler,options", [("sapa", {}), ("sapa_g", {}), ("dysample", {"dyscope": True}), ("dysample", {"style": "pl"})]
+)
+def test_matting_network_trains_every_parameter_of_the_new_upsamplers(upsampler, options):
+    model = trained_head(build_model("resnet34", upsampler, upsampler_options=options).train())
+    g = torch.Generator().manual_seed(0)
+    image, alpha = torch.rand(2, 3, 48, 80, generator=g), torch.rand(2, 1, 48, 80, generator=g)
+    trimap = torch.tensor([0, 128, 255], dtype=torch.uint8)[torch.randint(0, 3, (2, 1, 48, 80), generator=g)]
+    out = model(make_input(image, trimap))
+    assert out.shape == (2, 1, 48, 80)
+    torch.nn.functional.l1_loss(out, alpha).backward()
+    dead = [n for n, p in model.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
+    assert dead == []
+    assert all(type(s.up) is UPSAMPLERS[upsampler] and s.en_proj is None for s in model.decoder.stages)
 
 
 # --- multiply-adds ---------------------------------------------------------------------------------------
