@@ -3,7 +3,8 @@
 Every upsampler is called as ``up(en, de)``:
 
 - ``en``: (B, C, sH, sW) encoder feature at the target resolution (ignored when ``uses_encoder`` is False;
-  those upsamplers also accept ``en=None``),
+  those upsamplers also accept ``en=None``); an upsampler may accept another width (``encoder_channels``,
+  e.g. SAPA's ``dim_y``),
 - ``de``: (B, C, H, W) decoder feature to upsample,
 - returns (B, C, sH, sW), same dtype and device as ``de``.
 """
