@@ -361,5 +361,7 @@ class SAPAG(_SAPABase):
         # broadcast over the s x s sub-pixels instead of projecting a nearest-upsampled copy of de.
         from_de = self.qx(de)[:, :, None, :, None]  # (B, H, 1, W, 1, E)
         g = torch.sigmoid(self.gate(de_normed))[:, :, None, :, None]  # (B, H, 1, W, 1, 1)
-        q = g * from_en.view(b, sh // s, s, sw // s, s, e) + (1 - g) * from_de
-        return q.view(b, sh, sw, e)
+        # g * from_en + (1 - g) * from_de with one full-resolution result: the second term is low-resolution
+        # and added in place through the broadcast (mul's backward needs its inputs, not its output).
+        q = g * from_en.view(b, sh // s, s, sw // s, s, e)
+        return q.add_((1 - g) * from_de).view(b, sh, sw, e)
