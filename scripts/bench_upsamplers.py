@@ -7,7 +7,10 @@ Each case runs in a fresh subprocess, so that one case's memory cannot leak into
 (1, C, S/2, S/2), ``en`` and the output (1, C, S, S). Rows besides the registered upsamplers:
 
 - ``fade (unfold reference)``: FADE as the official pure-PyTorch code computes it (unfolded compressors, unfold
-  reassembly), i.e. run inside :func:`matting.upsamplers.reassembly.plain_ops`;
+  reassembly), i.e. run inside :func:`matting.upsamplers.reassembly.plain_ops`; ``sapa (unfold reference)``:
+  SAPA-B likewise (the unfold similarity and reassembly of the authors' pure-PyTorch check);
+- ``sapa (E=32)``, ``sapa_g (E=32)``: SAPA-B/G with the embedding width of the configs (the registered rows
+  use the official default, 64); ``dysample+ (dyscope)``: DySample with dynamic scope;
 - ``reassembly op: lean`` / ``reassembly op: triton`` / ``reassembly op: unfold reference``: the bare
   :func:`carafe` op on random normalised kernels, the last being what the official pure-PyTorch code costs
   (the triton row runs on CUDA only).
@@ -39,10 +42,19 @@ sys.path.insert(0, str(REPO))
 from matting.errors import MattingError, cli  # noqa: E402
 
 FADE_REFERENCE = "fade (unfold reference)"
+SAPA_REFERENCE = "sapa (unfold reference)"
 OP_LEAN = "reassembly op: lean"
 OP_TRITON = "reassembly op: triton"
 OP_REFERENCE = "reassembly op: unfold reference"
-EXTRA_ROWS = (FADE_REFERENCE, OP_LEAN, OP_TRITON, OP_REFERENCE)
+#: Rows that are a registered upsampler with options: row name -> (registry name, options).
+VARIANTS = {
+    "sapa (E=32)": ("sapa", {"embedding_dim": 32}),
+    "sapa_g (E=32)": ("sapa_g", {"embedding_dim": 32}),
+    "dysample+ (dyscope)": ("dysample", {"dyscope": True}),
+}
+#: Rows that run a registered upsampler inside plain_ops(): row name -> registry name.
+PLAIN_ROWS = {FADE_REFERENCE: "fade", SAPA_REFERENCE: "sapa"}
+EXTRA_ROWS = (*PLAIN_ROWS, *VARIANTS, OP_LEAN, OP_TRITON, OP_REFERENCE)
 OP_ROWS = {OP_LEAN: "lean", OP_TRITON: "triton", OP_REFERENCE: "reference"}
 
 # Measured peak extra memory of the unfold-based rows, in units of the output tensor (C=32, 1024^2, CPU):
@@ -83,8 +95,11 @@ def _build(name: str, channels: int):
             with plain_ops():
                 return self.inner(*args)
 
-    if name == FADE_REFERENCE:
-        return PlainOps(build_upsampler("fade", channels))
+    if name in PLAIN_ROWS:
+        return PlainOps(build_upsampler(PLAIN_ROWS[name], channels))
+    if name in VARIANTS:
+        base, options = VARIANTS[name]
+        return build_upsampler(base, channels, **options)
     if name in OP_ROWS:
         return ReassemblyOp(OP_ROWS[name])
     return build_upsampler(name, channels)
@@ -196,7 +211,7 @@ def worker(case: dict) -> dict:
 
 def _estimate_bytes(name: str, channels: int, size: int) -> int | None:
     """A predicted peak for the unfold-based rows, None for the others (all of the order of the output)."""
-    if name in (FADE_REFERENCE, OP_REFERENCE):
+    if name in (FADE_REFERENCE, SAPA_REFERENCE, OP_REFERENCE):
         return _REFERENCE_OUTPUTS_OF_MEMORY * channels * size * size * 4
     return None
 

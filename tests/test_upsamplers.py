@@ -27,7 +27,10 @@ from matting.upsamplers import (
 from matting.upsamplers.reassembly import carafe, plain_ops
 from matting.utils.flops import add_macs, count_macs
 
-NAMES = ["nearest", "bilinear", "deconv", "pixelshuffle", "carafe", "fade", "fade_lite", "a2u", "indexnet"]
+NAMES = [
+    "nearest", "bilinear", "deconv", "pixelshuffle", "carafe", "fade", "fade_lite", "a2u", "indexnet",
+    "sapa", "sapa_g", "dysample",
+]
 
 
 def _pair(b=2, c=8, h=3, w=5, s=2, dtype=torch.float64, seed=0):
@@ -85,6 +88,11 @@ def test_unknown_option_is_named(name):
         ("indexnet", {"mode": "x"}, "mode"),
         ("a2u", {"scale": 3}, "scale"),
         ("nearest", {"scale": 1}, "scale"),
+        ("sapa", {"up_kernel_size": 4}, "up_kernel_size"),
+        ("sapa_g", {"embedding_dim": 0}, "embedding_dim"),
+        ("dysample", {"style": "x"}, "style"),
+        ("dysample", {"groups": 3}, "divisible by groups"),
+        ("dysample", {"style": "pl", "scale": 3}, "divisible by scale"),
     ],
 )
 def test_bad_option_values(name, options, match):

@@ -41,8 +41,14 @@ def init_official(module: nn.Module) -> None:
     fan_out)), and zero biases; every BatchNorm gets weight 1 and bias 0 (running statistics are left alone).
     The official rule is a type test on ``nn.Conv2d``, so transposed convolutions keep their own init. The
     ImageNet weights, when used, are loaded after this (see :func:`matting.models.build_model`).
+
+    Upsamplers that declare ``keeps_own_init`` (DySample, which postdates the official code and is defined to
+    start as bilinear upsampling) are left as they are.
     """
+    kept = {id(p) for m in module.modules() if getattr(m, "keeps_own_init", False) for p in m.modules()}
     for m in module.modules():
+        if id(m) in kept:
+            continue
         if isinstance(m, nn.Conv2d):
             nn.init.xavier_normal_(m.weight, OFFICIAL_INIT_GAIN)
             if m.bias is not None:

@@ -13,9 +13,11 @@ from .registry import (
     register_upsampler,
 )
 from .carafe import CARAFE
+from .dysample import DySample, convert_dysample_state_dict
 from .encoder_paired import A2U, IndexNetUpsampler
 from .fade import FADE, FADELite, convert_official_fade_state_dict, semi_shift_logits
 from .reassembly import carafe, fade_carafe, gated_carafe
+from .sapa import SAPA, SAPAG, sapa_similarity, sapa_similarity_reference
 from .simple import BilinearUpsampler, DeconvUpsampler, NearestUpsampler, PixelShuffleUpsampler
 
 __all__ = [
@@ -33,6 +35,12 @@ __all__ = [
     "semi_shift_logits",
     "convert_official_fade_state_dict",
     "CARAFE",
+    "SAPA",
+    "SAPAG",
+    "sapa_similarity",
+    "sapa_similarity_reference",
+    "DySample",
+    "convert_dysample_state_dict",
     "A2U",
     "IndexNetUpsampler",
     "BilinearUpsampler",

@@ -3,7 +3,8 @@
 Every upsampler is called as ``up(en, de)``:
 
 - ``en``: (B, C, sH, sW) encoder feature at the target resolution (ignored when ``uses_encoder`` is False;
-  those upsamplers also accept ``en=None``),
+  those upsamplers also accept ``en=None``); an upsampler may accept another width (``encoder_channels``,
+  e.g. SAPA's ``dim_y``),
 - ``de``: (B, C, H, W) decoder feature to upsample,
 - returns (B, C, sH, sW), same dtype (also under autocast) and device as ``de``.
 """
@@ -57,6 +58,10 @@ class Upsampler(nn.Module):
 
     #: Whether ``en`` is read. Class attribute, so the network can decide what to pass without building one.
     uses_encoder: bool = False
+    #: Whether the upsampler's own initialisation is part of its definition, so a network-wide re-initialisation
+    #: (``model.init: official``) must leave it alone: e.g. DySample's near-zero offsets make it start as
+    #: bilinear upsampling.
+    keeps_own_init: bool = False
 
     #: Options of earlier versions that configs (and checkpoints' configs) may still carry, with their valid
     #: values: :func:`build_upsampler` checks them, warns and ignores them.
@@ -68,12 +73,15 @@ class Upsampler(nn.Module):
         check_int(type(self).__name__, "scale", scale, minimum=2)
         self.channels = channels
         self.scale = scale
+        #: Channels ``en`` must have; a subclass whose ``en`` may be wider or narrower than ``de`` (SAPA) sets it.
+        self.encoder_channels = channels
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, scale={self.scale}"
 
     def check_inputs(self, en: torch.Tensor | None, de: torch.Tensor) -> None:
-        """Raises ValueError naming both shapes unless en is (B, C, s*H, s*W) for de (B, C, H, W)."""
+        """Raises ValueError naming both shapes unless en is (B, C_en, s*H, s*W) for de (B, C, H, W), where
+        C_en = ``encoder_channels`` (C unless a subclass says otherwise)."""
         name = type(self).__name__
         if not isinstance(de, torch.Tensor) or de.dim() != 4:
             shape = tuple(de.shape) if isinstance(de, torch.Tensor) else type(de).__name__
@@ -87,12 +95,13 @@ class Upsampler(nn.Module):
         if not isinstance(en, torch.Tensor) or en.dim() != 4:
             shape = tuple(en.shape) if isinstance(en, torch.Tensor) else type(en).__name__
             raise ValueError(f"{name}: en must be a (B, C, H, W) tensor, got {shape} (de {tuple(de.shape)})")
-        s = self.scale
+        s, ce = self.scale, self.encoder_channels
         b, c, h, w = de.shape
-        if en.shape[0] != b or en.shape[1] != c or en.shape[2] != s * h or en.shape[3] != s * w:
+        if en.shape[0] != b or en.shape[1] != ce or en.shape[2] != s * h or en.shape[3] != s * w:
+            channels = "channels" if ce == c else f"{ce} channels"
             raise ValueError(
                 f"{name}: en {tuple(en.shape)} does not match de {tuple(de.shape)}: "
-                f"expected en of shape {(b, c, s * h, s * w)} (same batch and channels, {s}x the spatial size)"
+                f"expected en of shape {(b, ce, s * h, s * w)} (same batch and {channels}, {s}x the spatial size)"
             )
 
     def forward(self, en: torch.Tensor | None, de: torch.Tensor) -> torch.Tensor:
