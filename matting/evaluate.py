@@ -20,7 +20,8 @@ import argparse
 from pathlib import Path
 
 from matting.data.io import check_writable_dir
-from matting.data.release import TestDataset, read_test_folder, resolve_test_source
+from matting.data.compose_test import resolve_test_source
+from matting.data.release import TestDataset, read_test_folder
 from matting.engine.evaluator import check_eval_outputs, evaluate, format_table
 from matting.engine.predictor import AMP_MODES, Matter
 from matting.errors import MattingError, cli
