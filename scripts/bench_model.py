@@ -65,7 +65,8 @@ def run_case(case: dict) -> dict:
     device = torch.device(case["device"])
     torch.manual_seed(0)
     model = build_model(
-        case["encoder"], case["upsampler"], options=case.get("options"), upsampler_options=case.get("upsampler_options")
+        case["encoder"], case["upsampler"], upsampler_options=case.get("upsampler_options"),
+        **(case.get("options") or {}),
     ).to(device)
     layout = torch.channels_last if case["channels_last"] else torch.contiguous_format
     model.to(memory_format=layout)

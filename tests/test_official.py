@@ -8,6 +8,7 @@ match the authors' network is checked outside the test suite against their code 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -15,6 +16,7 @@ import pytest
 import torch
 from torch import nn
 
+from matting.config import ModelConfig
 from matting.convert_official import main as convert_main
 from matting.engine.checkpoint import load_checkpoint, model_from_checkpoint
 from matting.engine.predictor import Matter
@@ -151,7 +153,7 @@ def test_converted_checkpoint_evaluates_infers_and_exports(tmp_path, capsys):
     assert convert_main(["--checkpoint", str(official), "--upsampler", "fade", "--out", str(out)]) == 0
     ckpt = load_checkpoint(out)
     assert set(ckpt) == {"format", "model", "config", "step", "epoch", "best"}
-    assert ckpt["config"]["model"] == official_model_config("fade")
+    assert ckpt["config"]["model"] == dataclasses.asdict(ModelConfig(**official_model_config("fade")))
     assert ckpt["config"]["output_dir"] == str(tmp_path / "runs" / "official")
     model, _ = model_from_checkpoint(out)
     for key, value in source.state_dict().items():

@@ -13,7 +13,7 @@ import torchvision
 from torch import nn
 
 from matting.config import load_config
-from matting.engine.checkpoint import build_model_from_config, load_checkpoint
+from matting.engine.checkpoint import load_checkpoint
 from matting.engine.logger import Board
 from matting.engine.schedule import assign_lr_multipliers, lr_param_groups, parse_lr_rules
 from matting.engine.trainer import Trainer
@@ -25,6 +25,7 @@ from matting.models import (
     build_model,
     convert_sync_batchnorm,
     count_parameters,
+    model_from_config,
     official_module_names,
 )
 from matting.models.layers import OFFICIAL_INIT_GAIN
@@ -45,7 +46,7 @@ def official_lr(official_name: str) -> float:
 
 def config_model(name: str, overrides: tuple[str, ...] = ()):
     cfg = load_config(CONFIGS / name, list(overrides))
-    return cfg, build_model_from_config(cfg.to_dict()["model"], pretrained=None)
+    return cfg, model_from_config(dataclasses.replace(cfg.model, pretrained=None))
 
 
 def lr_by_name(model: nn.Module, cfg) -> dict[str, float]:

@@ -22,6 +22,7 @@ half-written ``latest.pth``; the temporary file of a process killed mid-write is
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import os
 import pickle
@@ -35,7 +36,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from matting.config import ModelConfig, model_config_from_dict
 from matting.errors import MattingError, OutputError
+from matting.models import model_from_config
 
 CHECKPOINT_FORMAT = 2
 
@@ -206,19 +209,13 @@ def _unsafe_globals(path: Path) -> list[str]:
 _PLAIN_MODULES = {"torch", "collections", "builtins", "_codecs"}
 
 
-def build_model_from_config(model_cfg: dict[str, Any], *, pretrained: Any = "config") -> nn.Module:
-    """``build_model`` from a config's ``model`` section (``options`` are flattened into keyword arguments).
-
-    ``pretrained="config"`` keeps the section's value; pass None to skip loading pretrained weights (checkpoint
-    loading, where every weight comes from the checkpoint).
-    """
-    from matting.models import build_model
-
-    kwargs = {k: v for k, v in model_cfg.items() if k != "options"}
-    kwargs.update(model_cfg.get("options") or {})
-    if pretrained != "config":
-        kwargs["pretrained"] = pretrained
-    return build_model(**kwargs)
+def checkpoint_model_config(ckpt: dict[str, Any], path: str | os.PathLike) -> ModelConfig:
+    """The validated ``model`` section a loaded checkpoint was written with (older layouts included: see
+    :func:`matting.config.model_config_from_dict`); a bad one is a MattingError naming the file."""
+    section = ckpt["config"].get("model") if isinstance(ckpt["config"], dict) else None
+    if not isinstance(section, dict):
+        raise MattingError(f"{path}: its config has no 'model' section")
+    return model_config_from_dict(section, f"{path}: its config")
 
 
 def model_from_checkpoint(
@@ -231,7 +228,8 @@ def model_from_checkpoint(
     already holds every weight.
     """
     ckpt = load_checkpoint(path, map_location="cpu")
-    model = build_model_from_config(ckpt["config"]["model"], pretrained=None)
+    model_cfg = checkpoint_model_config(ckpt, path)
+    model = model_from_config(dataclasses.replace(model_cfg, pretrained=None))
     missing, unexpected = model.load_state_dict(ckpt["model"], strict=False)
     if missing or unexpected:
         hint = ""

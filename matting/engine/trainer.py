@@ -29,12 +29,12 @@ from torch import nn
 from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
-from matting.config import Config, ModelConfig
+from matting.config import Config
 from matting.data.io import check_writable_dir
 from matting.engine.checkpoint import (
     CHECKPOINT_FORMAT,
     atomic_torch_save,
-    build_model_from_config,
+    checkpoint_model_config,
     load_checkpoint,
     rng_state,
     set_rng_state,
@@ -45,6 +45,7 @@ from matting.engine.run_dir import check_run_dir, move_aside
 from matting.engine.runtime import DistInfo, fast_cpu_math, init_distributed, resolve_device, seed_everything
 from matting.engine.schedule import build_optimizer, build_scheduler
 from matting.errors import MattingError, OutputError
+from matting.models import model_from_config
 
 #: A step whose loss is over this many times the median loss of the recent healthy steps is "exploding": no
 #: checkpoint is saved from such a state (a NaN usually follows), so latest.pth stays one a run can go on from.
@@ -195,7 +196,7 @@ class Trainer:
         return steps
 
     def _build_model(self) -> nn.Module:
-        model = build_model_from_config(self.cfg.to_dict()["model"]).to(self.device)
+        model = model_from_config(self.cfg.model).to(self.device)
         if self.cfg.train.channels_last:
             model = model.to(memory_format=torch.channels_last)
         if self.dist.enabled:
@@ -320,10 +321,10 @@ class Trainer:
 
     def _resume(self, ckpt: dict[str, Any], path: str | Path) -> None:
         # Keys added to the model section since the checkpoint was written take their defaults (head, init).
-        old = {**dataclasses.asdict(ModelConfig()), **(ckpt["config"].get("model") or {})}
-        new = self.cfg.to_dict()["model"]
-        if old != new:
-            raise MattingError(f"{path}: the checkpoint's model config {old} differs from this config's {new}")
+        old = checkpoint_model_config(ckpt, path)
+        if old != self.cfg.model:
+            raise MattingError(f"{path}: the checkpoint's model config {dataclasses.asdict(old)} differs from this "
+                               f"config's {dataclasses.asdict(self.cfg.model)}")
         unwrap(self.model).load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])

@@ -8,6 +8,7 @@ from torch import Tensor, nn
 from matting.errors import MattingError
 
 from .layers import LEAKY_SLOPE, init_new_conv
+from .summary import summary
 
 __all__ = [
     "HEADS",
@@ -167,8 +168,6 @@ class MattingNet(nn.Module):
 
     def summary(self, input_size: tuple[int, int, int, int] = (1, 4, 512, 512)) -> str:
         """Markdown table of parameters and multiply-adds per part; see :func:`matting.models.summary.summary`."""
-        from .summary import summary
-
         return summary(self, input_size)
 
 
