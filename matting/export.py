@@ -8,7 +8,7 @@ normalisation:
 - output ``alpha``: (B, 1, H, W) float32 in [0, 1], exactly 0 where trimap == 0 and 1 where trimap == 255.
 
 H and W are dynamic but must be multiples of the network's output stride (16 for resnet34, 32 for
-mobilenetv2): pad the bottom/right by reflection and crop the result back, as :class:`Matter` does (the
+mobilenetv2): pad the bottom/right by reflection and crop the result back, as :class:`Predictor` does (the
 exported graph does not pad; the stride is stored in the ONNX metadata as ``output_stride``).
 
 ONNX goes by default through the TorchScript-based ``torch.onnx.export(..., dynamo=False)`` (opset 17): with
@@ -35,6 +35,7 @@ from torch import nn
 
 from matting.data.io import check_output_file
 from matting.engine.checkpoint import model_from_checkpoint, unwrap
+from matting.engine.runtime import flush_denormals
 from matting.errors import MattingError, OutputError, cli
 
 __all__ = ["FORMATS", "MattingExport", "export_model", "main", "run_exported", "verify_export"]
@@ -225,6 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
 @cli
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    flush_denormals()
     checkpoint = Path(args.checkpoint)
     out = Path(args.out) if args.out else checkpoint.with_name(checkpoint.stem + FORMATS[args.format])
     if not checkpoint.is_file():

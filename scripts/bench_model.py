@@ -48,11 +48,11 @@ def run_case(case: dict) -> dict:
     """Runs one measurement in this process and returns its numbers (called in a fresh subprocess)."""
     import torch
 
-    from matting.engine.runtime import fast_cpu_math
+    from matting.engine.runtime import flush_denormals
 
     if case["threads"]:
         torch.set_num_threads(case["threads"])
-    fast_cpu_math()  # as training and inference do
+    flush_denormals()  # as the training and inference command lines do
     import matting.models  # noqa: F401 - the idle baseline imports the package too
 
     if case["kind"] == "idle":
@@ -197,7 +197,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=4, help="training batch (with --train)")
     p.add_argument("--profile", action="store_true", help="print torch profiler top ops and per-stage times")
     p.add_argument("--layout", choices=["auto", "nchw", "channels_last"], default="auto",
-                   help="memory layout; auto: channels-last for CPU inference (as Matter runs it), else NCHW")
+                   help="memory layout; auto: channels-last for CPU inference (as Predictor runs it), else NCHW")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 

@@ -14,7 +14,7 @@ from torch import nn
 
 from matting.data.io import read_gray, write_png
 from matting.engine.evaluator import BASELINE_KEY, constant_baseline, evaluate
-from matting.engine.predictor import Matter
+from matting.engine.predictor import Predictor
 from matting.errors import MattingError
 from matting.metrics import compute_metrics
 
@@ -48,8 +48,8 @@ def read_csv(path: Path) -> list[list[str]]:
 
 
 @pytest.fixture
-def matter() -> Matter:
-    return Matter(SigmoidModel(), "cpu")
+def matter() -> Predictor:
+    return Predictor(SigmoidModel(), "cpu")
 
 
 def test_constant_baseline_is_128_in_unknown_and_trimap_elsewhere():
@@ -188,7 +188,7 @@ def test_cli_end_to_end(tmp_path, checkpoint, capsys):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["count"] == 4 and summary["failed"] == 0
     assert summary["step"] == 11 and summary["checkpoint"] == str(checkpoint) and summary["split"] == "test"
-    matter = Matter.from_checkpoint(checkpoint, "cpu")
+    matter = Predictor.from_checkpoint(checkpoint, "cpu")
     sads = []
     for item in items:
         pred = read_gray(out / "alpha" / f"{item['name']}.png")

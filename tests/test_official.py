@@ -19,7 +19,7 @@ from torch import nn
 from matting.config import ModelConfig
 from matting.convert_official import main as convert_main
 from matting.engine.checkpoint import load_checkpoint, model_from_checkpoint
-from matting.engine.predictor import Matter
+from matting.engine.predictor import Predictor
 from matting.errors import MattingError
 from matting.models import build_model, load_official_a2u, official_model_config, official_module_names
 from matting.models.official import INPLACE_ABN_EPS
@@ -167,9 +167,9 @@ def test_converted_checkpoint_evaluates_infers_and_exports(tmp_path, capsys):
     assert summary["count"] == 4 and summary["failed"] == 0
     image = np.asarray(np.random.default_rng(0).integers(0, 256, (36, 45, 3)), dtype=np.uint8)
     trimap = np.full((36, 45), 128, np.uint8)
-    expected = Matter(source, "cpu").predict(image, trimap)
+    expected = Predictor(source, "cpu").predict(image, trimap)
     assert ((expected > 0.05) & (expected < 0.95)).mean() > 0.5
-    np.testing.assert_allclose(Matter.from_checkpoint(out, "cpu").predict(image, trimap), expected, atol=1e-5)
+    np.testing.assert_allclose(Predictor.from_checkpoint(out, "cpu").predict(image, trimap), expected, atol=1e-5)
     assert infer_main([*args, "--image", str(tmp_path / "test/merged/fg0_0.png"),
                        "--trimap", str(tmp_path / "test/trimaps/fg0_0.png"), "--out", str(tmp_path / "infer")]) == 0
     assert (tmp_path / "infer" / "alpha" / "fg0_0.png").is_file()

@@ -14,7 +14,7 @@ from torch import nn
 
 from matting.config import load_config
 from matting.engine.checkpoint import load_checkpoint
-from matting.engine.logger import Board
+from matting.engine.logger import TensorBoardWriter
 from matting.engine.schedule import assign_lr_multipliers, lr_param_groups, parse_lr_rules
 from matting.engine.trainer import Trainer
 from matting.errors import MattingError
@@ -279,9 +279,9 @@ def test_test_set_curve_is_labelled_and_never_selects(tmp_path, tiny_data, monke
     assert [(g["name"], g["lr"]) for g in trainer.optimizer.param_groups] == [
         ("x0.01", pytest.approx(1e-5)), ("x1", pytest.approx(1e-3))]
     written = []
-    real = Board.scalars  # the run's writer is created when fit() starts: record through the class
-    monkeypatch.setattr(Board, "scalars", lambda self, values, step: (written.append((step, sorted(values))),
-                                                                      real(self, values, step)))
+    real = TensorBoardWriter.scalars  # the run's writer is created when fit() starts: record through the class
+    monkeypatch.setattr(TensorBoardWriter, "scalars", lambda self, values, step: (
+        written.append((step, sorted(values))), real(self, values, step)))
     trainer.fit()
     tests = [(step, keys) for step, keys in written if any(k.startswith("test_set/") for k in keys)]
     assert [step for step, _ in tests] == [1, 2]

@@ -1,4 +1,4 @@
-"""Scores a :class:`~matting.engine.predictor.Matter` on eval items: the test set, or the trainer's validation split.
+"""Scores a :class:`~matting.engine.predictor.Predictor` on eval items: the test set, or the trainer's validation split.
 
 One function, :func:`evaluate`, so test and validation numbers are computed the same way. It never skips an
 image: an item that fails to load, predict or score is reported with its name, counted in ``failures`` and the
@@ -31,7 +31,7 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 
 from matting.data.io import atomic_path, check_writable_dir, same_path, write_png, write_text_atomic
-from matting.engine.predictor import Matter
+from matting.engine.predictor import Predictor
 from matting.errors import MattingError, OutputError
 from matting.metrics.official import compute_metrics
 
@@ -148,7 +148,7 @@ def _make_pool(workers: int) -> ProcessPoolExecutor | None:
 
 
 def evaluate(
-    matter: Matter,
+    predictor: Predictor,
     items: Iterable[dict],
     out_dir: str | os.PathLike | None = None,
     progress: bool = True,
@@ -159,7 +159,7 @@ def evaluate(
     """Predicts and scores every item; never skips one.
 
     Args:
-        matter: the predictor (``Matter(model, device)`` or ``Matter.from_checkpoint(...)``).
+        predictor: the predictor (``Predictor(model, device)`` or ``Predictor.from_checkpoint(...)``).
         items: eval-item dicts ``{"image": (H,W,3) uint8 RGB, "alpha": (H,W) uint8, "trimap": (H,W) uint8 in
             {0,128,255}, "name": str}`` as ``load_test_item`` / ``TestDataset`` / ``ValidationDataset`` give them.
         out_dir: where ``alpha/``, ``metrics.csv`` and ``summary.json`` go; None writes nothing.
@@ -223,7 +223,7 @@ def evaluate(
             try:
                 item = load()
                 name = str(item["name"])
-                pred = matter.predict_uint8(item["image"], item["trimap"])
+                pred = predictor.predict_uint8(item["image"], item["trimap"])
                 if out is not None:
                     write_png(out / "alpha" / f"{name}.png", pred)
                     written += 1
@@ -268,8 +268,8 @@ def evaluate(
         "failed": len(ordered) - len(scored),
         "failures": [{"name": name, "error": err} for name, r, err in ordered if r is None],
         "mse_undefined": sum(1 for _, r in scored if math.isnan(r[0]["mse"])),
-        "checkpoint": matter.checkpoint,
-        "step": matter.step,
+        "checkpoint": predictor.checkpoint,
+        "step": predictor.step,
         "seconds": round(time.perf_counter() - start, 3),
         "units": _UNITS,
         **(meta or {}),

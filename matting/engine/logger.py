@@ -67,7 +67,7 @@ def attach_log_file(logger: logging.Logger, log_file: Path) -> None:
     logger.addHandler(handler)
 
 
-class Board:
+class TensorBoardWriter:
     """TensorBoard writer that does nothing when disabled (ranks other than 0)."""
 
     def __init__(self, log_dir: Path | None, purge_step: int | None = None):
@@ -114,3 +114,7 @@ class Board:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+#: Former name of :class:`TensorBoardWriter`, kept for one release.
+Board = TensorBoardWriter

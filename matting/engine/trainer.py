@@ -40,9 +40,9 @@ from matting.engine.checkpoint import (
     set_rng_state,
     unwrap,
 )
-from matting.engine.logger import FILE_ONLY, Board, attach_log_file, text_logger
+from matting.engine.logger import FILE_ONLY, TensorBoardWriter, attach_log_file, text_logger
 from matting.engine.run_dir import check_run_dir, move_aside
-from matting.engine.runtime import DistInfo, fast_cpu_math, init_distributed, resolve_device, seed_everything
+from matting.engine.runtime import DistInfo, init_distributed, resolve_device, seed_everything
 from matting.engine.schedule import build_optimizer, build_scheduler
 from matting.errors import MattingError, OutputError
 from matting.models import model_from_config
@@ -135,10 +135,9 @@ class Trainer:
         self.device = self._device()
         main = self.dist.is_main
         self.log = text_logger(enabled=main)  # to train.log once the run starts
-        self.board = Board(None)
+        self.board = TensorBoardWriter(None)
         self.started = False
         self.progress = progress and main
-        fast_cpu_math()
         seed_everything(cfg.seed)
 
         self.model = self._build_model()
@@ -411,12 +410,12 @@ class Trainer:
         summary = None
         if self.dist.is_main:
             from matting.engine.evaluator import evaluate
-            from matting.engine.predictor import Matter
+            from matting.engine.predictor import Predictor
 
             model = unwrap(self.model)
             # The layout the model trains in: validation must not convert the training model's weights.
-            matter = Matter(model, self.device, channels_last=self.cfg.train.channels_last)
-            summary = evaluate(matter, items, out_dir=None, progress=False,
+            predictor = Predictor(model, self.device, channels_last=self.cfg.train.channels_last)
+            summary = evaluate(predictor, items, out_dir=None, progress=False,
                                workers=self.cfg.eval.workers)
             model.train()
         if self.dist.enabled:
@@ -462,7 +461,8 @@ class Trainer:
                 attach_log_file(self.log, self.out_dir / "train.log")
                 if moved is not None:
                     self.log.info("moved the earlier run to %s (--restart)", moved)
-            self.board = Board(self.out_dir / "tb", purge_step=self.state.step + 1 if self.state.step else None)
+            purge = self.state.step + 1 if self.state.step else None
+            self.board = TensorBoardWriter(self.out_dir / "tb", purge_step=purge)
         self.started = True
 
     def fit(self, until: int | None = None) -> TrainState:
