@@ -123,6 +123,25 @@ def test_failures_are_counted_and_the_others_scored(tmp_path, matter, workers, c
     assert not (tmp_path / "alpha" / "img_3.png").exists()
 
 
+def test_no_fork_in_a_process_with_a_process_group(tmp_path, matter):
+    """Under DDP the trainer's validation runs in a process that holds a process group (and on GPUs a CUDA
+    context): its metric workers are spawned, not forked, and score exactly as forked or in-process ones."""
+    import torch.distributed as dist
+
+    from matting.engine.evaluator import _pool_context
+
+    items = [make_item(f"img_{k}", seed=k) for k in range(2)]
+    assert _pool_context().get_start_method() == "fork"
+    forked = evaluate(matter, items, None, progress=False, workers=1)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        assert _pool_context().get_start_method() == "spawn"
+        spawned = evaluate(matter, items, None, progress=False, workers=1)
+    finally:
+        dist.destroy_process_group()
+    assert spawned["mean"] == forked["mean"] == evaluate(matter, items, None, progress=False, workers=0)["mean"]
+
+
 def test_a_failing_iterator_is_reported(matter):
     def gen():
         yield make_item("a")
