@@ -98,11 +98,13 @@ def test_lr_schedules():
     assert [lr_factor(s, step) for s in (0, 2, 3, 5, 6, 9)] == [1, 1, 0.5, 0.5, 0.25, 0.25]
 
 
-def test_resume_is_exact(tmp_path, tiny_data):
-    """Stopped at step 2 and resumed, a run ends with the same weights as an uninterrupted one (CPU)."""
-    straight = load_config(tiny_config(tmp_path / "a", tiny_data))
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resume_is_exact(tmp_path, tiny_data, workers):
+    """Stopped at step 2 and resumed, a run ends with the same weights as an uninterrupted one (CPU), also with
+    persistent loader workers across the epoch boundary (3 steps per epoch)."""
+    straight = load_config(tiny_config(tmp_path / "a", tiny_data), [f"data.num_workers={workers}"])
     Trainer(straight, progress=False).fit()
-    stopped = load_config(tiny_config(tmp_path / "b", tiny_data))
+    stopped = load_config(tiny_config(tmp_path / "b", tiny_data), [f"data.num_workers={workers}"])
     Trainer(stopped, progress=False).fit(until=2)
     latest = Path(stopped.output_dir) / "checkpoints" / "latest.pth"
     assert load_checkpoint(latest)["step"] == 2

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,6 +42,22 @@ def flush_denormals() -> None:
 
 #: Former name of :func:`flush_denormals`, kept for one release.
 fast_cpu_math = flush_denormals
+
+
+@contextlib.contextmanager
+def cudnn_benchmark(enabled: bool) -> Iterator[None]:
+    """``torch.backends.cudnn.benchmark`` set to ``enabled`` inside the block, restored after it.
+
+    On: cuDNN times its algorithms for each new input shape and keeps the fastest, which pays off for the
+    fixed-size training crops; off for evaluation, whose every image has its own size (each new shape would
+    be timed again). Only CUDA reads the flag.
+    """
+    previous = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = previous
 
 
 def seed_everything(seed: int) -> None:

@@ -39,12 +39,18 @@ def lr_param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """The optimiser over :func:`lr_param_groups` (IndexNet/A2U recipes: Adam, two learning rates)."""
+    """The optimiser over :func:`lr_param_groups` (IndexNet/A2U recipes: Adam, two learning rates).
+
+    Adam and AdamW run fused (one kernel launch for all parameters) when every parameter is a floating-point
+    CUDA tensor; elsewhere PyTorch's default implementation (on CPU: the same arithmetic as always).
+    """
     param_groups = lr_param_groups(model, cfg)
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(param_groups, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(param_groups, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+    if cfg.optimizer in ("adam", "adamw"):
+        params = [p for group in param_groups for p in group["params"]]
+        fused = bool(params) and all(p.is_cuda and p.is_floating_point() for p in params)
+        adam = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
+        return adam(param_groups, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay,
+                    **({"fused": True} if fused else {}))
     return torch.optim.SGD(param_groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
