@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from matting.config import load_config
 from matting.engine.checkpoint import load_checkpoint
@@ -268,3 +269,56 @@ def test_truncated_training_image_is_a_one_line_error(tmp_path, tiny_data, capsy
     assert code == 2
     assert err[-1].startswith("error: ") and "/fg/" in err[-1] and ", truncated " in err[-1], err
     assert not any("Traceback" in line for line in err), err
+
+
+class _HostReads(TorchDispatchMode):
+    """Counts what makes a host wait for a device, outside ``paused`` blocks: scalar reads (``item``, ``float``,
+    ``bool`` of a tensor) and tensors made from host data (``torch.tensor(...)``), seen by the dispatcher; and
+    ``tolist``, ``numpy``, ``cpu`` and ``item`` calls, which on CPU tensors never reach it (``watch``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: list[str] = []
+        self.recording = True
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if self.recording and func in (torch.ops.aten._local_scalar_dense.default, torch.ops.aten.lift_fresh.default):
+            self.ops.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+    def watch(self, monkeypatch) -> None:
+        for name in ("tolist", "numpy", "cpu", "item"):
+            monkeypatch.setattr(torch.Tensor, name, self._counted(name, getattr(torch.Tensor, name)))
+
+    def _counted(self, name, method):
+        def call(tensor, *args, **kwargs):
+            if self.recording:
+                self.ops.append(name)
+            return method(tensor, *args, **kwargs)
+        return call
+
+    def paused(self, fn):
+        def run(*args, **kwargs):
+            self.recording = False
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.recording = True
+        return run
+
+
+@pytest.mark.filterwarnings("ignore:Seems like `optimizer.step\\(\\)` has been overridden")
+def test_a_training_step_reads_the_device_once(tmp_path, tiny_data, monkeypatch):
+    """The hot loop waits for the device once per step (the agreed finite/stop flags): the batch transfer,
+    make_input, the network, the losses and backward read nothing back and copy nothing from the host. Measured
+    here on CPU through the dispatcher; the optimiser is left out (on CUDA it runs fused, on the device)."""
+    cfg = load_config(tiny_config(tmp_path, tiny_data, iterations=3), ["data.val_count=0"])
+    trainer = Trainer(cfg, progress=False)
+    batches = [next(trainer._batches()) for _ in range(3)]
+    counter = _HostReads()
+    counter.watch(monkeypatch)
+    monkeypatch.setattr(trainer.optimizer, "step", counter.paused(trainer.optimizer.step))
+    with counter:
+        for batch in batches:
+            trainer.train_step(trainer._to_device(batch))
+    assert counter.ops == ["tolist"] * 3, counter.ops

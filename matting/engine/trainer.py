@@ -462,7 +462,7 @@ class Trainer:
         world = self.dist.world_size
         flags = torch.zeros(world + 1, device=total.device)
         flags[self.dist.rank] = total.detach().float()
-        flags[world] = float(self.stop_signal is not None)
+        flags[world].fill_(float(self.stop_signal is not None))  # a fill: item assignment would copy a host tensor
         if self.dist.enabled:
             dist.all_reduce(flags)
         *losses, stops = flags.tolist()
