@@ -165,19 +165,52 @@ def test_cli_user_errors_are_one_line(tmp_path):
     assert proc.returncode == 2 and "config file not found" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_two_process_gloo_run(tmp_path, tiny_data):
-    """torchrun with two CPU processes: DDP over gloo, rank 0 alone writes the checkpoint and the log."""
-    cfg = tiny_config(tmp_path, tiny_data, iterations=2, batch_size=2)
-    proc = run(
-        "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "matting.train",
-        "--config", str(cfg), "--no-progress", "data.val_count=0",
-        env={"OMP_NUM_THREADS": "1"},
+def ddp_run(tmp_path: Path, tiny_data: Path, *worker_args: str, **train) -> subprocess.CompletedProcess:
+    """torchrun with two CPU processes (gloo) running tests/ddp_worker.py; each writes its weights to tmp_path."""
+    cfg = tiny_config(tmp_path, tiny_data, **{"iterations": 3, "batch_size": 4, **train})
+    return run(
+        "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(REPO / "tests" / "ddp_worker.py"),
+        str(tmp_path), *worker_args, "--", "--config", str(cfg), "--no-progress", "data.val_count=0",
+        env={"OMP_NUM_THREADS": "1"}, timeout=300,  # a hang fails the test instead of stalling the suite
     )
+
+
+def test_two_process_gloo_run(tmp_path, tiny_data):
+    """torchrun with two CPU processes: DDP over gloo keeps the ranks' weights identical; rank 0 alone writes the
+    checkpoint (holding both ranks' RNG states) and the log."""
+    proc = ddp_run(tmp_path, tiny_data)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    out = tmp_path / "run"
-    ckpt = load_checkpoint(out / "checkpoints" / "latest.pth")
-    assert ckpt["step"] == 2
-    assert "2 process(es)" in (out / "train.log").read_text()
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    ckpt = load_checkpoint(tmp_path / "run" / "checkpoints" / "latest.pth")
+    assert ckpt["step"] == 3 and len(ckpt["rng"]) == 2
+    for name, value in ranks[0].items():
+        assert torch.equal(value, ranks[1][name]) and torch.equal(value, ckpt["model"][name]), name
+    assert not torch.equal(ranks[0]["head.0.weight"], torch.zeros_like(ranks[0]["head.0.weight"]))  # it trained
+    assert "2 process(es)" in (tmp_path / "run" / "train.log").read_text()
+
+
+def test_a_nan_on_one_rank_stops_every_rank(tmp_path, tiny_data):
+    """Rank 1's loss is NaN at step 2: both ranks stop there with the same one-line error, nothing saved after
+    step 1, and nobody waits for the others until a timeout."""
+    proc = ddp_run(tmp_path, tiny_data, "--nan", "1", "2", ckpt_every=1)
+    assert proc.returncode != 0
+    latest = tmp_path / "run" / "checkpoints" / "latest.pth"
+    message = (f"error: loss is nan at step 2 on rank 1 of 2; stopped without saving; last good checkpoint: "
+               f"{latest} (step 1) (lower train.lr or set train.grad_clip)")
+    lines = proc.stderr.splitlines()
+    assert lines.count(message) == 2, proc.stderr[-3000:]
+    assert load_checkpoint(latest)["step"] == 1
+    assert not list(tmp_path.glob("rank*.pt"))  # fit ended on both ranks by the error
+
+
+def test_a_signal_to_one_rank_stops_every_rank_after_the_same_step(tmp_path, tiny_data):
+    """SIGTERM reaches rank 1 alone during step 2: both ranks finish step 2, save it together, and stop."""
+    proc = ddp_run(tmp_path, tiny_data, "--term", "1", "2", iterations=5)
+    assert proc.returncode != 0
+    assert proc.stderr.splitlines().count("interrupted") == 2, proc.stderr[-3000:]
+    ckpt = load_checkpoint(tmp_path / "run" / "checkpoints" / "latest.pth")
+    assert ckpt["step"] == 2 and len(ckpt["rng"]) == 2
+    assert "stopped by a signal to another process at step 2" in (tmp_path / "run" / "train.log").read_text()
 
 
 def test_end_to_end_cli(tmp_path, tiny_data):
