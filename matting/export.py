@@ -37,6 +37,7 @@ from matting.data.io import check_output_file
 from matting.engine.checkpoint import model_from_checkpoint, unwrap
 from matting.engine.runtime import flush_denormals
 from matting.errors import MattingError, OutputError, cli
+from matting.models import make_input
 
 __all__ = ["FORMATS", "MattingExport", "export_model", "main", "run_exported", "verify_export"]
 
@@ -58,8 +59,6 @@ class MattingExport(nn.Module):
         self.eval()
 
     def forward(self, image: torch.Tensor, trimap: torch.Tensor) -> torch.Tensor:
-        from matting.models import make_input
-
         alpha = self.model(make_input(image, trimap)).clamp(0.0, 1.0)
         alpha = torch.where(trimap == 0, torch.zeros_like(alpha), alpha)
         return torch.where(trimap == 255, torch.ones_like(alpha), alpha)
@@ -138,7 +137,7 @@ def export_model(
 def _export_onnx(
     module: MattingExport, example: tuple[torch.Tensor, torch.Tensor], path: Path, opset: int | None, exporter: str
 ) -> None:
-    import onnx
+    import onnx  # optional (the test extra): only ONNX export needs it
 
     names = {"input_names": ["image", "trimap"], "output_names": ["alpha"]}
     with torch.no_grad(), warnings.catch_warnings():
@@ -177,7 +176,7 @@ def run_exported(path: str | os.PathLike, image: np.ndarray, trimap: np.ndarray)
     """
     path = Path(path)
     if path.suffix == ".onnx":
-        import onnxruntime as ort
+        import onnxruntime as ort  # optional (the test extra): only checking an ONNX export needs it
 
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         return session.run(["alpha"], {"image": image, "trimap": trimap})[0]

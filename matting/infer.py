@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
+from tqdm import tqdm
 
 from matting.data.io import (
     IMAGE_SUFFIXES,
@@ -85,8 +87,6 @@ def cutout(foreground: np.ndarray, alpha: np.ndarray) -> np.ndarray:
 
 def _image_size(path: Path) -> tuple[int, int] | None:
     """(width, height) from the file header without decoding, or None if PIL cannot tell (the reader will)."""
-    from PIL import Image
-
     try:
         with Image.open(path) as im:
             return im.size
@@ -224,8 +224,6 @@ def main(argv: list[str] | None = None) -> int:
             if path is not None:
                 print(path)
         return 0
-
-    from tqdm import tqdm
 
     failed: list[str] = []
     for done, job in enumerate(tqdm(jobs, desc="infer", unit="img", disable=args.no_progress, file=sys.stderr)):

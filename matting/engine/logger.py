@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import torch
+from torchvision.utils import make_grid
 
 _LOGGER_IDS = itertools.count()
 #: ``extra`` for records that go to train.log only (e.g. a fatal error the command line prints itself).
@@ -91,8 +92,6 @@ class TensorBoardWriter:
         """
         if self.writer is None:
             return
-        from torchvision.utils import make_grid
-
         k = min(n, pred.shape[0])
         pred = pred[:k].detach().float().clamp(0, 1).cpu()
         alpha = batch["alpha"][:k].float().cpu()

@@ -34,6 +34,7 @@ from matting.engine.checkpoint import model_from_checkpoint, unwrap
 from matting.engine import runtime
 from matting.engine.runtime import resolve_device
 from matting.errors import MattingError
+from matting.models import make_input
 
 __all__ = ["AMP_MODES", "Matter", "Predictor", "as_rgb_uint8", "pad_to_multiple", "to_uint8_alpha"]
 
@@ -223,8 +224,6 @@ class Predictor:
     # ----------------------------------------------------------------------------------------------------------
     def _run_network(self, image: np.ndarray, trimap: np.ndarray) -> np.ndarray:
         """(H, W, 3) uint8 and (H, W) uint8, H and W multiples of the stride -> (H, W) float32 raw alpha."""
-        from matting.models import make_input  # local: keeps this module importable without the model stack
-
         img_t = torch.from_numpy(image).to(self.device).permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
         tri_t = torch.from_numpy(trimap).to(self.device)[None, None]
         with torch.inference_mode(), self._eval_mode():

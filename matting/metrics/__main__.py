@@ -9,7 +9,10 @@ from __future__ import annotations
 import argparse
 import re
 
+from matting.data.io import check_output_file
 from matting.errors import MattingError, cli
+from matting.metrics.batch import evaluate_folders, format_table, summarize, unpredicted, write_csv
+from matting.metrics.bench import run_bench
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,8 +42,6 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.bench:
-        from matting.metrics.bench import run_bench
-
         m = re.fullmatch(r"(\d+)x(\d+)", args.bench_size)
         if not m or int(m[1]) < 1 or int(m[2]) < 1:
             raise MattingError(f"--bench-size: expected WIDTHxHEIGHT such as 1920x1080, got {args.bench_size!r}")
@@ -51,9 +52,6 @@ def main(argv: list[str] | None = None) -> int:
     missing = [f"--{k}" for k in ("pred", "gt", "trimap") if not getattr(args, k)]
     if missing:
         parser.error(f"{', '.join(missing)} required (or --bench)")
-
-    from matting.data.io import check_output_file
-    from matting.metrics.batch import evaluate_folders, format_table, summarize, unpredicted, write_csv
 
     if args.out:
         check_output_file(args.out, "the CSV")  # before scoring anything
