@@ -187,6 +187,13 @@ def test_two_process_gloo_run(tmp_path, tiny_data):
         assert torch.equal(value, ranks[1][name]) and torch.equal(value, ckpt["model"][name]), name
     assert not torch.equal(ranks[0]["head.0.weight"], torch.zeros_like(ranks[0]["head.0.weight"]))  # it trained
     assert "2 process(es)" in (tmp_path / "run" / "train.log").read_text()
+    # One process goes on from the two processes' checkpoint (another machine), with a warning.
+    from matting.train import main
+
+    cfg = tmp_path / "tiny.yaml"
+    assert main(["--config", str(cfg), "--no-progress", "--resume", "data.val_count=0", "train.iterations=4"]) == 0
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "latest.pth")["step"] == 4
+    assert "was written by 2 process(es), this run has 1" in (tmp_path / "run" / "train.log").read_text()
 
 
 def test_a_nan_on_one_rank_stops_every_rank(tmp_path, tiny_data):
