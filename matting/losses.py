@@ -204,7 +204,8 @@ LOSSES: dict[str, Callable[[Tensor, Mapping[str, Tensor]], Tensor]] = {
     "laplacian": _alpha_term(laplacian_loss),
 }
 
-_NEEDS = {"composition": ("trimap", "fg", "bg", "image")}
+#: The batch entries a loss reads (the others: alpha and trimap).
+_BATCH_KEYS = {"composition": ("trimap", "fg", "bg", "image")}
 
 
 class MattingLoss(nn.Module):
@@ -241,7 +242,7 @@ class MattingLoss(nn.Module):
         total = pred.new_zeros(())
         terms: dict[str, Tensor] = {}
         for name, w in self.weights.items():
-            for key in _NEEDS.get(name, ("alpha", "trimap")):
+            for key in _BATCH_KEYS.get(name, ("alpha", "trimap")):
                 if key not in batch:
                     raise KeyError(f"loss {name!r} needs batch[{key!r}]; the batch has {sorted(batch)}")
             value = LOSSES[name](pred, batch)
