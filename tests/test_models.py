@@ -468,3 +468,12 @@ def test_summary_parts_add_up():
     assert table.splitlines()[0] == "| part | parameters | MACs at 64x96 |"
     assert "| stages[4].up: FADE, C=16, /2->/1 |" in table and "**total**" in table
     assert model.training  # the mode is restored
+
+
+def test_network_doc_carries_the_current_encoder_options():
+    """docs/network.md's option table is the dataclasses' output, so it cannot drift from the code."""
+    from pathlib import Path
+
+    from matting.models.options import options_markdown
+
+    assert options_markdown() in (Path(__file__).resolve().parents[1] / "docs" / "network.md").read_text()

@@ -23,7 +23,7 @@ from matting.errors import MattingError
 from matting.utils.fields import doc_field
 
 __all__ = ["ENCODER_OPTIONS", "EncoderOptions", "MobileNetV2Options", "OptionError", "ResNet34Options",
-           "encoder_options"]
+           "encoder_options", "option_names", "options_markdown"]
 
 
 class OptionError(MattingError, ValueError):
@@ -149,3 +149,21 @@ def encoder_options(encoder: str, values: Mapping[str, Any] | EncoderOptions | N
     if unknown:
         raise MattingError(f"unknown option {unknown[0]!r} for encoder {encoder!r}; options: {', '.join(names)}")
     return cls(**values)
+
+
+def options_markdown() -> str:
+    """The options of every encoder as a markdown table (docs/network.md carries this output)."""
+    lines = ["| option | resnet34 | mobilenetv2 | meaning |", "|---|---|---|---|"]
+    classes = list(ENCODER_OPTIONS.values())
+    names = list(dict.fromkeys(n for encoder in ENCODER_OPTIONS for n in option_names(encoder)))
+    for name in names:
+        fields = [next((f for f in dataclasses.fields(c) if f.name == name), None) for c in classes]
+        cells = ["-" if f is None else f"`{_shown(f)}`" for f in fields]
+        doc = next(f.metadata["doc"] for f in fields if f is not None)
+        lines.append(f"| `{name}` | {' | '.join(cells)} | {doc} |")
+    return "\n".join(lines)
+
+
+def _shown(f: dataclasses.Field) -> str:
+    value = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+    return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
