@@ -360,6 +360,8 @@ def test_build_model_errors_list_the_valid_choices():
         build_model("mobilenetv2", options=ResNet34Options())
     with pytest.raises(MattingError, match="not both"):
         build_model("mobilenetv2", options=MobileNetV2Options(), width_mult=0.5)
+    with pytest.raises(MattingError, match="options= takes an encoder's options object"):
+        build_model("mobilenetv2", options={"width_mult": 0.5})
 
 
 # --------------------------------------------------------------------------------------- pretrained

@@ -92,6 +92,9 @@ def build_model(
         raise MattingError(f"unknown encoder {encoder!r}; known encoders: {', '.join(MODELS)}")
     if upsampler not in UPSAMPLERS:
         raise MattingError(f"unknown upsampler {upsampler!r}; known upsamplers: {', '.join(available_upsamplers())}")
+    if options is not None and not isinstance(options, EncoderOptions):
+        raise MattingError(f"options= takes an encoder's options object (e.g. MobileNetV2Options(...)), got "
+                           f"{type(options).__name__}; give plain values as keyword arguments")
     if options is not None and encoder_kwargs:
         raise MattingError("give the encoder options as options= or as keyword arguments, not both")
     opts = encoder_options(encoder, options if options is not None else encoder_kwargs)
