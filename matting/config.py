@@ -23,52 +23,65 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from matting.errors import MattingError, cli
-
-
-def _f(default: Any, doc: str, choices: tuple | None = None) -> Any:
-    """A dataclass field with its documentation (and allowed values) attached."""
-    meta = {"doc": doc, "choices": choices}
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
-    return field(default=default, metadata=meta)
+from matting.losses import LOSSES
+from matting.models import ENCODER_OPTIONS, EncoderOptions, OptionError, encoder_options, model_from_config
+from matting.models.options import option_names
+from matting.models.param_rules import LR_GROUP_CHOICES, match_lr_rules, parse_lr_rules
+from matting.upsamplers import available_upsamplers
+from matting.utils.fields import doc_field
 
 
 @dataclass
 class ModelConfig:
-    encoder: str = _f("resnet34", "encoder network", ("resnet34", "mobilenetv2"))
-    upsampler: str = _f("fade", "upsampler used at every decoder stage (any name of matting.upsamplers)")
-    upsampler_options: dict = _f({}, "extra keyword arguments of the upsampler, e.g. {up_kernel_size: 5}")
-    pretrained: str | None = _f(None, "null (from scratch), 'imagenet' (torchvision weights) or a local .pth file")
-    freeze_bn: bool = _f(False, "keep the encoder's BatchNorm layers in eval mode with frozen parameters")
-    head: str = _f("one_conv", "prediction head (docs/network.md)", ("one_conv", "official"))
-    init: str = _f("per_module", "initialisation (docs/network.md)", ("per_module", "official"))
-    options: dict = _f({}, "other keyword arguments of matting.models.build_model (e.g. width_mult)")
+    encoder: str = doc_field("resnet34", "encoder network", ("resnet34", "mobilenetv2"))
+    upsampler: str = doc_field("fade", "upsampler used at every decoder stage (any name of matting.upsamplers)")
+    upsampler_options: dict = doc_field({}, "extra keyword arguments of the upsampler, e.g. {up_kernel_size: 5}")
+    pretrained: str | None = doc_field(
+        None, "null (from scratch), 'imagenet' (torchvision weights) or a local .pth file"
+    )
+    freeze_bn: bool = doc_field(False, "keep the encoder's BatchNorm layers in eval mode with frozen parameters")
+    head: str = doc_field("one_conv", "prediction head (docs/network.md)", ("one_conv", "official"))
+    init: str = doc_field("per_module", "initialisation (docs/network.md)", ("per_module", "official"))
+    # In the YAML a mapping; once loaded, the encoder's typed options (matting.models.options), {} = defaults.
+    options: EncoderOptions | dict = doc_field(
+        {}, "other keyword arguments of matting.models.build_model (e.g. width_mult)"
+    )
+
+    def __post_init__(self) -> None:
+        self.options = encoder_options(self.encoder, self.options)
 
 
 @dataclass
 class DataConfig:
-    dataset_dir: str = _f("data/demo/Combined_Dataset", "Adobe's Combined_Dataset/ folder (training foregrounds)")
-    train_bg_dir: str = _f("data/demo/train_bg", "training backgrounds (COCO train2014 for the real set)")
-    use_bg_list: bool = _f(True, "take backgrounds from training_bg_names.txt; false: every image in train_bg_dir")
-    preset: str = _f("indexnet", "augmentation recipe", ("indexnet", "gca", "a2u"))
-    augment: dict = _f(
+    dataset_dir: str = doc_field(
+        "data/demo/Combined_Dataset", "Adobe's Combined_Dataset/ folder (training foregrounds)"
+    )
+    train_bg_dir: str = doc_field("data/demo/train_bg", "training backgrounds (COCO train2014 for the real set)")
+    use_bg_list: bool = doc_field(
+        True, "take backgrounds from training_bg_names.txt; false: every image in train_bg_dir"
+    )
+    preset: str = doc_field("indexnet", "augmentation recipe", ("indexnet", "gca", "a2u"))
+    augment: dict = doc_field(
         {}, "overrides of the preset's fields (matting.data.augment.AugmentConfig), e.g. {crop_size: 160}"
     )
-    samples_per_epoch: int | None = _f(None, "samples in one data epoch; null: 100 per foreground as in the paper")
-    cache: bool = _f(False, "keep decoded training images in memory (small sets only)")
-    num_workers: int = _f(2, "data-loader worker processes per training process")
-    val_count: int = _f(0, "foregrounds carved out of training for the validation split (0: no validation)")
-    val_bgs_per_fg: int = _f(2, "validation composites per validation foreground")
-    val_max_side: int | None = _f(None, "downscale validation composites so the long side is at most this")
-    test_dir: str = _f("data/demo/test", "prepared test folder (merged/ alpha/ trimaps/), used by evaluation")
+    samples_per_epoch: int | None = doc_field(
+        None, "samples in one data epoch; null: 100 per foreground as in the paper"
+    )
+    cache: bool = doc_field(False, "keep decoded training images in memory (small sets only)")
+    num_workers: int = doc_field(2, "data-loader worker processes per training process")
+    val_count: int = doc_field(0, "foregrounds carved out of training for the validation split (0: no validation)")
+    val_bgs_per_fg: int = doc_field(2, "validation composites per validation foreground")
+    val_max_side: int | None = doc_field(None, "downscale validation composites so the long side is at most this")
+    test_dir: str = doc_field("data/demo/test", "prepared test folder (merged/ alpha/ trimaps/), used by evaluation")
 
 
 @dataclass
 class LossConfig:
-    weights: dict = _f(
+    weights: dict = doc_field(
         {"alpha_charbonnier": 0.5, "composition": 0.5},
         "loss term -> weight (names of matting.losses.MattingLoss); IndexNet/A2U recipe by default",
     )
@@ -76,55 +89,55 @@ class LossConfig:
 
 @dataclass
 class TrainConfig:
-    iterations: int = _f(180000, "optimisation steps in total")
-    batch_size: int = _f(16, "samples per step, summed over all processes")
-    optimizer: str = _f("adam", "optimiser", ("adam", "adamw", "sgd"))
-    lr: float = _f(0.01, "learning rate of the decoder, context module, skips, upsamplers and head")
-    encoder_lr_mult: float = _f(
+    iterations: int = doc_field(180000, "optimisation steps in total")
+    batch_size: int = doc_field(16, "samples per step, summed over all processes")
+    optimizer: str = doc_field("adam", "optimiser", ("adam", "adamw", "sgd"))
+    lr: float = doc_field(0.01, "learning rate of the decoder, context module, skips, upsamplers and head")
+    encoder_lr_mult: float = doc_field(
         0.01, "with lr_groups encoder_decoder: encoder learning rate = lr x this (the recipes: 1e-4)"
     )
-    lr_groups: str | list = _f(
+    lr_groups: str | list = doc_field(
         "encoder_decoder",
         "learning rate per parameter: 'encoder_decoder' (ImageNet encoder at lr x encoder_lr_mult, the rest at "
         "lr) or a list of [name pattern, lr multiplier], first match wins (docs/recipe.md)",
     )
-    betas: list = _f([0.9, 0.999], "Adam/AdamW betas")
-    momentum: float = _f(0.9, "SGD momentum")
-    weight_decay: float = _f(0.0, "weight decay")
-    schedule: str = _f("step", "learning-rate schedule", ("step", "poly", "cosine", "constant"))
-    milestones: list = _f([120000, 156000], "step schedule: iterations at which lr is multiplied by gamma")
-    gamma: float = _f(0.1, "step schedule factor")
-    poly_power: float = _f(0.9, "poly schedule power")
-    warmup_iters: int = _f(0, "linear warm-up iterations (any schedule)")
-    grad_clip: float | None = _f(None, "clip the gradient norm to this value; null: no clipping")
-    amp: str = _f("none", "mixed precision (CUDA only; ignored on CPU with a warning)", ("none", "bf16", "fp16"))
-    channels_last: bool = _f(False, "channels-last memory format for the model and inputs")
-    sync_bn: bool = _f(False, "convert BatchNorm to SyncBatchNorm in distributed runs")
-    log_every: int = _f(20, "iterations between scalar logs")
-    image_every: int = _f(500, "iterations between TensorBoard image grids")
-    val_every: int = _f(1000, "iterations between validation runs (needs data.val_count > 0)")
-    test_every: int | None = _f(
+    betas: list = doc_field([0.9, 0.999], "Adam/AdamW betas")
+    momentum: float = doc_field(0.9, "SGD momentum")
+    weight_decay: float = doc_field(0.0, "weight decay")
+    schedule: str = doc_field("step", "learning-rate schedule", ("step", "poly", "cosine", "constant"))
+    milestones: list = doc_field([120000, 156000], "step schedule: iterations at which lr is multiplied by gamma")
+    gamma: float = doc_field(0.1, "step schedule factor")
+    poly_power: float = doc_field(0.9, "poly schedule power")
+    warmup_iters: int = doc_field(0, "linear warm-up iterations (any schedule)")
+    grad_clip: float | None = doc_field(None, "clip the gradient norm to this value; null: no clipping")
+    amp: str = doc_field("none", "mixed precision (CUDA only; ignored on CPU with a warning)", ("none", "bf16", "fp16"))
+    channels_last: bool = doc_field(False, "channels-last memory format for the model and inputs")
+    sync_bn: bool = doc_field(False, "convert BatchNorm to SyncBatchNorm in distributed runs")
+    log_every: int = doc_field(20, "iterations between scalar logs")
+    image_every: int = doc_field(500, "iterations between TensorBoard image grids")
+    val_every: int = doc_field(1000, "iterations between validation runs (needs data.val_count > 0)")
+    test_every: int | None = doc_field(
         None, "iterations between evaluations ON THE TEST SET (data.test_dir), logged as test_set/*, never used "
         "to pick best.pth; null: never (the official run: after each 6000-iteration epoch)"
     )
-    ckpt_every: int = _f(1000, "iterations between checkpoints (latest.pth)")
-    best_metric: str = _f(
+    ckpt_every: int = doc_field(1000, "iterations between checkpoints (latest.pth)")
+    best_metric: str = doc_field(
         "sad", "validation metric that selects best.pth (lower is better)", ("sad", "mse", "grad", "conn")
     )
 
 
 @dataclass
 class EvalConfig:
-    device: str = _f("auto", "evaluation device: auto, cpu, cuda, cuda:N")
-    workers: int = _f(2, "processes for metrics and image loading during evaluation")
+    device: str = doc_field("auto", "evaluation device: auto, cpu, cuda, cuda:N")
+    workers: int = doc_field(2, "processes for metrics and image loading during evaluation")
 
 
 @dataclass
 class Config:
-    name: str = _f("experiment", "experiment name (shown in logs)")
-    output_dir: str = _f("runs/experiment", "checkpoints/, logs (train.log, TensorBoard) and eval/ go here")
-    seed: int = _f(6, "seed of every random choice (data, init); a run is reproducible from it on CPU")
-    device: str = _f("auto", "training device: auto, cpu, cuda, cuda:N (torchrun sets cuda:LOCAL_RANK)")
+    name: str = doc_field("experiment", "experiment name (shown in logs)")
+    output_dir: str = doc_field("runs/experiment", "checkpoints/, logs (train.log, TensorBoard) and eval/ go here")
+    seed: int = doc_field(6, "seed of every random choice (data, init); a run is reproducible from it on CPU")
+    device: str = doc_field("auto", "training device: auto, cpu, cuda, cuda:N (torchrun sets cuda:LOCAL_RANK)")
     model: ModelConfig = field(default_factory=ModelConfig, metadata={"doc": "the network"})
     data: DataConfig = field(default_factory=DataConfig, metadata={"doc": "data"})
     loss: LossConfig = field(default_factory=LossConfig, metadata={"doc": "losses"})
@@ -209,9 +222,12 @@ def _type_ok(value: Any, annotation: Any) -> bool:
 
 
 def _build(cls: type, data: dict[str, Any], where: str, prefix: str = "") -> Any:
+    """``cls(**data)`` with every key checked (known, type, choices), errors naming ``where`` and the key path."""
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, value in data.items():
+        if cls is ModelConfig and key == "options":
+            continue  # built below, with the class of the encoder (known once "encoder" is read)
         path = f"{prefix}{key}"
         if key not in fields:
             close = difflib.get_close_matches(str(key), list(fields), n=2)
@@ -232,7 +248,24 @@ def _build(cls: type, data: dict[str, Any], where: str, prefix: str = "") -> Any
         if choices and value not in choices:
             raise MattingError(f"{where}: '{path}' must be one of {', '.join(choices)}, got {value!r}")
         kwargs[key] = value
-    return cls(**kwargs)
+    if cls is ModelConfig:
+        kwargs["options"] = _build_options(kwargs.get("encoder", ModelConfig.encoder), data, where, prefix)
+    try:
+        return cls(**kwargs)
+    except OptionError as exc:
+        raise MattingError(f"{where}: '{prefix}{exc.key}' {exc.problem}") from None
+
+
+def _build_options(encoder: str, model: dict[str, Any], where: str, prefix: str) -> EncoderOptions:
+    """The ``model.options`` section as the typed options of ``encoder``."""
+    options = model.get("options", {})
+    if options is None:
+        options = {}
+    if isinstance(options, EncoderOptions):
+        return encoder_options(encoder, options)
+    if not isinstance(options, dict):
+        raise MattingError(f"{where}: '{prefix}options' must be a section (mapping), got {options!r}")
+    return _build(ENCODER_OPTIONS[encoder], options, where, f"{prefix}options.")
 
 
 def _as_float(value: Any) -> Any:
@@ -279,6 +312,22 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
 def config_from_dict(data: dict[str, Any], where: str = "checkpoint config") -> Config:
     """Validates a plain dict (e.g. the config stored in a checkpoint) into a :class:`Config`."""
     return _build(Config, data, where)
+
+
+def model_config_from_dict(data: dict[str, Any], where: str = "checkpoint config") -> ModelConfig:
+    """Validates a stored ``model`` section (a checkpoint's) into a :class:`ModelConfig`.
+
+    Sections written by earlier versions load too: keys added since take their defaults (``head``, ``init``),
+    and encoder options given at the section's top level (as ``build_model``'s keyword arguments) count as
+    ``options``.
+    """
+    data = dict(data)
+    encoder = data.get("encoder", ModelConfig.encoder)
+    if encoder in ENCODER_OPTIONS:
+        loose = {key: data.pop(key) for key in option_names(encoder) if key in data}
+        if loose:
+            data["options"] = {**loose, **(data.get("options") or {})}
+    return _build(ModelConfig, data, where, "model.")
 
 
 # Ranges of numeric keys: key -> (lowest, lowest allowed?, highest or None, highest allowed?). A null value of a
@@ -353,9 +402,6 @@ def _check_consistency(cfg: Config, where: str) -> None:
         if not isinstance(weight, (int, float)) or isinstance(weight, bool):
             raise MattingError(f"{where}: 'loss.weights.{name}' must be a number, got {weight!r}")
     # Names that live in registries are checked here too, so a typo fails at load time, not after data set-up.
-    from matting.losses import LOSSES
-    from matting.upsamplers import available_upsamplers
-
     unknown = sorted(set(cfg.loss.weights) - set(LOSSES))
     if unknown:
         raise MattingError(f"{where}: unknown loss 'loss.weights.{unknown[0]}' (known: {', '.join(LOSSES)})")
@@ -371,8 +417,6 @@ def _check_consistency(cfg: Config, where: str) -> None:
 def _check_lr_groups(cfg: Config, where: str) -> None:
     """``train.lr_groups``: a known name, or rules that between them take every trainable parameter of the
     configured network, each rule at least one."""
-    from matting.engine.schedule import LR_GROUP_CHOICES, match_lr_rules, parse_lr_rules
-
     value = cfg.train.lr_groups
     if isinstance(value, str):
         if value not in LR_GROUP_CHOICES:
@@ -399,12 +443,9 @@ def _check_lr_groups(cfg: Config, where: str) -> None:
 def _trainable_names(model_section: str) -> tuple[str, ...]:
     """Names of the trainable parameters of the network a (JSON) ``model`` section builds. Built on the meta
     device (no memory, no weights) and cached: the same network is checked for every config that uses it."""
-    import torch
-
-    from matting.engine.checkpoint import build_model_from_config
-
+    model_cfg = _build(ModelConfig, {**json.loads(model_section), "pretrained": None}, "model section", "model.")
     with torch.device("meta"):
-        model = build_model_from_config(json.loads(model_section), pretrained=None)
+        model = model_from_config(model_cfg)
     return tuple(n for n, p in model.named_parameters() if p.requires_grad)
 
 

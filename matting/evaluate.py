@@ -19,10 +19,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from matting.data.compose_test import resolve_test_source
 from matting.data.io import check_writable_dir
-from matting.data.release import TestDataset, read_test_folder, resolve_test_source
+from matting.data.release import TestDataset, read_test_folder
 from matting.engine.evaluator import check_eval_outputs, evaluate, format_table
-from matting.engine.predictor import AMP_MODES, Matter
+from matting.engine.predictor import AMP_MODES, Predictor
+from matting.engine.runtime import flush_denormals
 from matting.errors import MattingError, cli
 
 DEFAULT_DATA = "data/demo/test"
@@ -64,6 +66,7 @@ def _checkpoint_path(path: str) -> Path:
 @cli
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    flush_denormals()
     if args.workers < 0:
         raise MattingError(f"--workers must be >= 0, got {args.workers}")
     checkpoint = _checkpoint_path(args.checkpoint)
@@ -74,11 +77,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     dataset = TestDataset(read_test_folder(test_dir))
     check_eval_outputs(out, dataset)
-    matter = Matter.from_checkpoint(
+    predictor = Predictor.from_checkpoint(
         checkpoint, args.device, args.amp, tile=args.tile, tile_margin=args.tile_margin
     )
     summary = evaluate(
-        matter,
+        predictor,
         dataset,
         out,
         progress=not args.no_progress,

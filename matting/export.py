@@ -8,7 +8,7 @@ normalisation:
 - output ``alpha``: (B, 1, H, W) float32 in [0, 1], exactly 0 where trimap == 0 and 1 where trimap == 255.
 
 H and W are dynamic but must be multiples of the network's output stride (16 for resnet34, 32 for
-mobilenetv2): pad the bottom/right by reflection and crop the result back, as :class:`Matter` does (the
+mobilenetv2): pad the bottom/right by reflection and crop the result back, as :class:`Predictor` does (the
 exported graph does not pad; the stride is stored in the ONNX metadata as ``output_stride``).
 
 ONNX goes by default through the TorchScript-based ``torch.onnx.export(..., dynamo=False)`` (opset 17): fast,
@@ -36,7 +36,9 @@ from torch import nn
 
 from matting.data.io import check_output_file
 from matting.engine.checkpoint import model_from_checkpoint, unwrap
+from matting.engine.runtime import flush_denormals
 from matting.errors import MattingError, OutputError, cli
+from matting.models import make_input
 from matting.upsamplers.reassembly import plain_ops
 
 __all__ = ["FORMATS", "MattingExport", "export_model", "main", "run_exported", "verify_export"]
@@ -59,8 +61,6 @@ class MattingExport(nn.Module):
         self.eval()
 
     def forward(self, image: torch.Tensor, trimap: torch.Tensor) -> torch.Tensor:
-        from matting.models import make_input
-
         alpha = self.model(make_input(image, trimap)).clamp(0.0, 1.0)
         alpha = torch.where(trimap == 0, torch.zeros_like(alpha), alpha)
         return torch.where(trimap == 255, torch.ones_like(alpha), alpha)
@@ -124,7 +124,7 @@ def export_model(
 def _export_onnx(
     module: MattingExport, example: tuple[torch.Tensor, torch.Tensor], path: Path, opset: int | None, exporter: str
 ) -> None:
-    import onnx
+    import onnx  # optional (the test extra): only ONNX export needs it
 
     names = {"input_names": ["image", "trimap"], "output_names": ["alpha"]}
     with torch.no_grad(), warnings.catch_warnings(), plain_ops():  # standard operators only, as above
@@ -163,7 +163,7 @@ def run_exported(path: str | os.PathLike, image: np.ndarray, trimap: np.ndarray)
     """
     path = Path(path)
     if path.suffix == ".onnx":
-        import onnxruntime as ort
+        import onnxruntime as ort  # optional (the test extra): only checking an ONNX export needs it
 
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         return session.run(["alpha"], {"image": image, "trimap": trimap})[0]
@@ -212,6 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
 @cli
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    flush_denormals()
     checkpoint = Path(args.checkpoint)
     out = Path(args.out) if args.out else checkpoint.with_name(checkpoint.stem + FORMATS[args.format])
     if not checkpoint.is_file():

@@ -10,15 +10,15 @@
 
 Images may be RGB, grayscale (repeated to 3 channels), RGBA (the alpha channel is ignored) or 16-bit; trimaps
 are single-channel with 0 = background, 128 = unknown, 255 = foreground (near values are mapped with a warning).
-The prediction is the same code as evaluation (:class:`matting.engine.predictor.Matter`): full resolution,
+The prediction is the same code as evaluation (:class:`matting.engine.predictor.Predictor`): full resolution,
 reflect padding to the output stride, known regions forced. Foreground colours are estimated with pymatting's
 ``estimate_foreground_ml`` (Germer et al. 2020); the cut-out uses them, so hair and soft edges do not carry the
 old background's colour.
 
 Python API::
 
-    from matting.engine.predictor import Matter
-    alpha = Matter.from_checkpoint("runs/demo/checkpoints/latest.pth").predict(image, trimap)  # (H, W) in [0, 1]
+    from matting.engine.predictor import Predictor
+    alpha = Predictor.from_checkpoint("runs/demo/checkpoints/latest.pth").predict(image, trimap)  # (H, W) in [0, 1]
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
+from tqdm import tqdm
 
 from matting.data.io import (
     IMAGE_SUFFIXES,
@@ -42,7 +44,8 @@ from matting.data.io import (
     read_trimap,
     write_png,
 )
-from matting.engine.predictor import AMP_MODES, Matter
+from matting.engine.predictor import AMP_MODES, Predictor
+from matting.engine.runtime import flush_denormals
 from matting.errors import MattingError, OutputError, cli
 
 DEFAULT_CHECKPOINT = "runs/demo/checkpoints/latest.pth"
@@ -84,8 +87,6 @@ def cutout(foreground: np.ndarray, alpha: np.ndarray) -> np.ndarray:
 
 def _image_size(path: Path) -> tuple[int, int] | None:
     """(width, height) from the file header without decoding, or None if PIL cannot tell (the reader will)."""
-    from PIL import Image
-
     try:
         with Image.open(path) as im:
             return im.size
@@ -172,12 +173,12 @@ def _folder_job(image: Path, trimap: Path, out: Path, foreground: bool, cut: boo
     )
 
 
-def run_job(matter: Matter, job: Job) -> np.ndarray:
+def run_job(predictor: Predictor, job: Job) -> np.ndarray:
     """Reads the pair, predicts, writes the requested outputs. Returns the (H, W) uint8 alpha."""
     image = read_rgb(job.image, allow_16bit=True)
     trimap = read_trimap(job.trimap, allow_16bit=True)
     check_same_size(job.image, image, job.trimap, trimap)
-    alpha = matter.predict_uint8(image, trimap)
+    alpha = predictor.predict_uint8(image, trimap)
     write_png(job.alpha_out, alpha)
     if job.foreground_out is not None or job.cutout_out is not None:
         fg = estimate_foreground(image, alpha)
@@ -209,26 +210,25 @@ def build_parser() -> argparse.ArgumentParser:
 @cli
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    flush_denormals()
     jobs = plan_jobs(args.image, args.trimap, args.out, args.foreground, args.cutout)
     if not Path(args.checkpoint).is_file():
         hint = "; train the demo first (scripts/train.sh)" if args.checkpoint == DEFAULT_CHECKPOINT else ""
         raise MattingError(f"{args.checkpoint}: checkpoint not found{hint} or pass --checkpoint FILE")
-    matter = Matter.from_checkpoint(
+    predictor = Predictor.from_checkpoint(
         args.checkpoint, args.device, args.amp, tile=args.tile, tile_margin=args.tile_margin
     )
     if len(jobs) == 1:
-        run_job(matter, jobs[0])
+        run_job(predictor, jobs[0])
         for path in (jobs[0].alpha_out, jobs[0].foreground_out, jobs[0].cutout_out):
             if path is not None:
                 print(path)
         return 0
 
-    from tqdm import tqdm
-
     failed: list[str] = []
     for done, job in enumerate(tqdm(jobs, desc="infer", unit="img", disable=args.no_progress, file=sys.stderr)):
         try:
-            run_job(matter, job)
+            run_job(predictor, job)
         except OutputError as exc:  # the next write would fail too: stop, saying what is there
             raise OutputError(f"{exc}; stopped: {done - len(failed)} of {len(jobs)} images were written to "
                               f"{args.out}") from None

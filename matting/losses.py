@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from matting.errors import MattingError
+from matting.utils.tensors import device_tensor
 
 __all__ = [
     "CHARBONNIER_EPS",
@@ -135,7 +136,7 @@ def composition_loss(
     return _per_sample_mean(values, mask)
 
 
-_SOBEL_X = ((-1.0, 0.0, 1.0), (-2.0, 0.0, 2.0), (-1.0, 0.0, 1.0))
+_SOBEL_X = [-1.0, 0.0, 1.0, -2.0, 0.0, 2.0, -1.0, 0.0, 1.0]  # 3x3, row by row
 
 
 def gradient_loss(pred: Tensor, alpha: Tensor, trimap: Tensor) -> Tensor:
@@ -143,7 +144,7 @@ def gradient_loss(pred: Tensor, alpha: Tensor, trimap: Tensor) -> Tensor:
     mask = unknown_mask(trimap)
     _check_pair(pred, alpha, mask)
     d = _where(mask, pred - alpha)
-    kx = torch.tensor(_SOBEL_X, dtype=d.dtype, device=d.device)
+    kx = device_tensor(_SOBEL_X, d).view(3, 3)
     kernels = torch.stack([kx, kx.t()]).unsqueeze(1)  # (2, 1, 3, 3): x then y
     grads = F.conv2d(F.pad(d, (1, 1, 1, 1), mode="replicate"), kernels)  # (B, 2, H, W)
     values = _where(mask, grads.abs().sum(dim=1, keepdim=True))
@@ -152,7 +153,7 @@ def gradient_loss(pred: Tensor, alpha: Tensor, trimap: Tensor) -> Tensor:
 
 def _gauss_blur(x: Tensor, gain: float = 1.0) -> Tensor:
     """Separable 5x5 binomial blur ([1, 4, 6, 4, 1] / 16 each way) times ``gain``, same size (B, C, h, w)."""
-    k = torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0], dtype=x.dtype, device=x.device) / 16.0 * gain**0.5
+    k = device_tensor([1.0, 4.0, 6.0, 4.0, 1.0], x) / 16.0 * gain**0.5
     c = x.shape[1]
     # Reflect padding keeps the zero/non-zero parity of the zero-inserted upsampled grid, so the pyramid of a
     # constant is exactly zero (replicate or zero padding would add fake edges at the border).
@@ -203,7 +204,8 @@ LOSSES: dict[str, Callable[[Tensor, Mapping[str, Tensor]], Tensor]] = {
     "laplacian": _alpha_term(laplacian_loss),
 }
 
-_NEEDS = {"composition": ("trimap", "fg", "bg", "image")}
+#: The batch entries a loss reads (the others: alpha and trimap).
+_BATCH_KEYS = {"composition": ("trimap", "fg", "bg", "image")}
 
 
 class MattingLoss(nn.Module):
@@ -240,7 +242,7 @@ class MattingLoss(nn.Module):
         total = pred.new_zeros(())
         terms: dict[str, Tensor] = {}
         for name, w in self.weights.items():
-            for key in _NEEDS.get(name, ("alpha", "trimap")):
+            for key in _BATCH_KEYS.get(name, ("alpha", "trimap")):
                 if key not in batch:
                     raise KeyError(f"loss {name!r} needs batch[{key!r}]; the batch has {sorted(batch)}")
             value = LOSSES[name](pred, batch)

@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 
 from matting.config import load_config
+from matting.engine.runtime import cleanup_distributed, flush_denormals
+from matting.engine.trainer import Trainer
 from matting.errors import MattingError, cli
 
 #: ``args.resume`` of a bare ``--resume``: the latest checkpoint in the config's output_dir.
@@ -68,15 +70,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 @cli
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    flush_denormals()
     cfg = load_config(args.config, args.overrides)
     resume = args.resume
     if resume is LATEST:
         resume = Path(cfg.output_dir) / "checkpoints" / "latest.pth"
         if not resume.is_file():
             raise MattingError(f"{resume}: nothing to resume (no latest checkpoint in {cfg.output_dir})")
-    from matting.engine.runtime import cleanup_distributed
-    from matting.engine.trainer import Trainer
-
     try:
         Trainer(cfg, resume=resume, progress=not args.no_progress, restart=args.restart).fit()
     finally:

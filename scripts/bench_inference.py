@@ -5,7 +5,7 @@
     .venv/bin/python scripts/bench_inference.py --sizes 1 2 --tile 1024 --device cuda
     .venv/bin/python scripts/bench_inference.py --write-docs          # also into docs/benchmarks.md
 
-Each size runs ``Matter.predict`` (the evaluation/inference path: padding, make_input, network, crop, clamp)
+Each size runs ``Predictor.predict`` (the evaluation/inference path: padding, make_input, network, crop, clamp)
 once on a random 4:3 image with a realistic trimap, in its own subprocess so that ``ru_maxrss`` is the peak of
 that size alone. Prints a markdown table: seconds of the prediction, peak resident memory of the process
 (``ru_maxrss``, which includes the ~model and library footprint shown in the "before" column) and, on CUDA,
@@ -39,7 +39,7 @@ def child(args: argparse.Namespace) -> None:
     import numpy as np
     import torch
 
-    from matting.engine.predictor import Matter
+    from matting.engine.predictor import Predictor
     from matting.models import build_model
 
     if args.threads:
@@ -53,22 +53,23 @@ def child(args: argparse.Namespace) -> None:
     trimap[:, w // 3 - w // 20 : w // 3 + w // 20] = 128  # a 10%-wide unknown band, like a real trimap
 
     model = build_model(args.encoder, args.upsampler).eval()
-    matter = Matter(model, args.device, args.amp, tile=args.tile, tile_margin=args.tile_margin)
-    if matter.device.type == "cuda":
-        matter.predict(image[:64, :64], trimap[:64, :64])  # CUDA context and kernels outside the timing
+    predictor = Predictor(model, args.device, args.amp, tile=args.tile, tile_margin=args.tile_margin,
+                          flush_denormals=True)  # as the inference command line sets it
+    if predictor.device.type == "cuda":
+        predictor.predict(image[:64, :64], trimap[:64, :64])  # CUDA context and kernels outside the timing
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     start = time.perf_counter()
-    alpha = matter.predict(image, trimap)
-    if matter.device.type == "cuda":
+    alpha = predictor.predict(image, trimap)
+    if predictor.device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    gpu = torch.cuda.max_memory_allocated() / 2**20 if matter.device.type == "cuda" else None
+    gpu = torch.cuda.max_memory_allocated() / 2**20 if predictor.device.type == "cuda" else None
     assert alpha.shape == (h, w)
     print(json.dumps({"mpx": args.mpx, "h": h, "w": w, "seconds": seconds, "before_mb": before, "peak_mb": peak,
-                      "gpu_mb": gpu, "threads": torch.get_num_threads(), "device": str(matter.device)}))
+                      "gpu_mb": gpu, "threads": torch.get_num_threads(), "device": str(predictor.device)}))
 
 
 def _rss_mb(pid: int) -> float:
@@ -111,7 +112,7 @@ def main() -> None:
     p.add_argument("--upsampler", default="fade")
     p.add_argument("--device", default="cpu")
     p.add_argument("--amp", default="none")
-    p.add_argument("--tile", type=int, default=None, help="Matter tile size in pixels (default: whole image)")
+    p.add_argument("--tile", type=int, default=None, help="Predictor tile size in pixels (default: whole image)")
     p.add_argument("--tile-margin", type=int, default=128)
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     p.add_argument("--limit-gb", type=float, default=20.0, help="kill a size whose resident memory passes this")

@@ -54,11 +54,11 @@ def run_case(case: dict) -> dict:
     """Runs one measurement in this process and returns its numbers (called in a fresh subprocess)."""
     import torch
 
-    from matting.engine.runtime import fast_cpu_math
+    from matting.engine.runtime import flush_denormals
 
     if case["threads"]:
         torch.set_num_threads(case["threads"])
-    fast_cpu_math()  # as training and inference do
+    flush_denormals()  # as the training and inference command lines do
     import matting.models  # noqa: F401 - the idle baseline imports the package too
 
     if case["kind"] == "idle":
@@ -71,7 +71,8 @@ def run_case(case: dict) -> dict:
     device = torch.device(case["device"])
     torch.manual_seed(0)
     model = build_model(
-        case["encoder"], case["upsampler"], options=case.get("options"), upsampler_options=case.get("upsampler_options")
+        case["encoder"], case["upsampler"], upsampler_options=case.get("upsampler_options"),
+        **(case.get("options") or {}),
     ).to(device)
     layout = torch.channels_last if case["channels_last"] else torch.contiguous_format
     model.to(memory_format=layout)
@@ -202,7 +203,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=4, help="training batch (with --train)")
     p.add_argument("--profile", action="store_true", help="print torch profiler top ops and per-stage times")
     p.add_argument("--layout", choices=["auto", "nchw", "channels_last"], default="auto",
-                   help="memory layout; auto: channels-last for CPU inference (as Matter runs it), else NCHW")
+                   help="memory layout; auto: channels-last for CPU inference (as Predictor runs it), else NCHW")
     bench_docs.add_argument(p)
     p.add_argument("--worker", help=argparse.SUPPRESS)
     return p.parse_args(argv)

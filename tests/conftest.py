@@ -15,6 +15,9 @@ os.environ.setdefault("MKL_NUM_THREADS", "1")
 import torch  # noqa: E402  (after the environment is set)
 
 torch.set_num_threads(1)
+# The command lines flush denormal floats to zero (matting.engine.runtime.flush_denormals); the tests that train
+# and predict in this process do the same, so they compute what the commands compute, and as fast.
+torch.set_flush_denormal(True)
 
 # Without CUDA, the Triton kernels of the reassembly op run in Triton's interpreter on CPU tensors
 # (tests/test_reassembly_triton.py). Triton reads the variable when the kernels are defined, i.e. when

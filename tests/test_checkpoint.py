@@ -23,7 +23,7 @@ from matting.engine.checkpoint import (
     rng_state,
     set_rng_state,
 )
-from matting.engine.predictor import Matter
+from matting.engine.predictor import Predictor
 from matting.engine.trainer import Trainer
 from matting.errors import MattingError
 from matting.evaluate import main as evaluate_main
@@ -71,7 +71,7 @@ def assert_refused(message: str, path: Path, marker: Path) -> None:
 
 def test_python_api_refuses_code_in_a_checkpoint(evil):
     path, marker = evil
-    loaders = [load_checkpoint, model_from_checkpoint, Matter.from_checkpoint,
+    loaders = [load_checkpoint, model_from_checkpoint, Predictor.from_checkpoint,
                lambda p: Trainer(load_config(None, [f"output_dir={p.parent / 'run'}", "device=cpu"]), resume=p)]
     for load in loaders:
         with pytest.raises(MattingError) as err:

@@ -5,8 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from matting.config import Config, load_config, reference_markdown
+from matting.config import Config, load_config, model_config_from_dict, reference_markdown
 from matting.errors import MattingError
+from matting.models import MobileNetV2Options, ResNet34Options
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -70,6 +71,13 @@ def test_paper_variants_inherit_the_recipe():
         ("model: {head: big}\n", "'model.head' must be one of one_conv, official"),
         ("model: {init: xavier}\n", "'model.init' must be one of per_module, official"),
         ("train: {test_every: 0}\n", "'train.test_every' must be a positive number of iterations or null"),
+        ("model: {options: {width_mult: 0.5}}\n", "unknown config key 'model.options.width_mult'"),
+        ("model: {encoder: mobilenetv2, options: {width_mult: -1}}\n",
+         "'model.options.width_mult' must be a positive number, got -1.0"),
+        ("model: {options: {decoder_channels: [8, 8]}}\n",
+         "'model.options.decoder_channels' must be a list of 4 positive ints, got [8, 8]"),
+        ("model: {options: {layer3_blocks: two}}\n", "'model.options.layer3_blocks' must be int, got 'two'"),
+        ("model: {options: [1]}\n", "'model.options' must be a section"),
     ],
 )
 def test_bad_configs_name_the_key_and_file(tmp_path, text, message):
@@ -151,3 +159,17 @@ def test_boundary_values_are_accepted():
     cfg = load_config(None, ["train.log_every=1", "train.lr=1e-9", "data.num_workers=0", "train.encoder_lr_mult=0",
                              "train.grad_clip=null", "data.val_max_side=8", "train.momentum=0"])
     assert cfg.train.log_every == 1 and cfg.data.num_workers == 0
+
+
+def test_model_options_become_the_encoders_typed_options():
+    """model.options is checked once, at load, into the encoder's dataclass; a checkpoint's stored section (old
+    layouts too: no head/init, options at the top level) reads back to the same typed config."""
+    cfg = load_config(None, ["model.encoder=mobilenetv2", "model.options={width_mult: 0.5, stem_channels: 8}"])
+    assert cfg.model.options == MobileNetV2Options(width_mult=0.5, stem_channels=8)
+    assert load_config(None).model.options == ResNet34Options()
+    stored = cfg.to_dict()["model"]
+    assert stored["options"]["width_mult"] == 0.5 and model_config_from_dict(stored) == cfg.model
+    old = {"encoder": "mobilenetv2", "upsampler": "fade", "width_mult": 0.5, "options": {"stem_channels": 8}}
+    assert model_config_from_dict(old) == cfg.model
+    with pytest.raises(MattingError, match="ckpt.pth: its config: 'model.options.width_mult' must be"):
+        model_config_from_dict({**old, "width_mult": 0}, "ckpt.pth: its config")

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch.utils.data
 
+from matting.data.compose_test import resolve_test_source
 from matting.data.io import write_jpeg, write_png
 from matting.data.make_demo import make_demo
 from matting.data.release import (
@@ -20,7 +21,6 @@ from matting.data.release import (
     load_test_item,
     read_test_folder,
     read_training_release,
-    resolve_test_source,
     split_validation,
     verify_training_release,
 )

@@ -14,7 +14,7 @@ from torch import nn
 
 from matting.data.io import read_gray, write_png
 from matting.engine.evaluator import BASELINE_KEY, constant_baseline, evaluate
-from matting.engine.predictor import Matter
+from matting.engine.predictor import Predictor
 from matting.errors import MattingError
 from matting.metrics import compute_metrics
 
@@ -48,8 +48,8 @@ def read_csv(path: Path) -> list[list[str]]:
 
 
 @pytest.fixture
-def matter() -> Matter:
-    return Matter(SigmoidModel(), "cpu")
+def matter() -> Predictor:
+    return Predictor(SigmoidModel(), "cpu")
 
 
 def test_constant_baseline_is_128_in_unknown_and_trimap_elsewhere():
@@ -123,6 +123,25 @@ def test_failures_are_counted_and_the_others_scored(tmp_path, matter, workers, c
     assert not (tmp_path / "alpha" / "img_3.png").exists()
 
 
+def test_no_fork_in_a_process_with_a_process_group(tmp_path, matter):
+    """Under DDP the trainer's validation runs in a process that holds a process group (and on GPUs a CUDA
+    context): its metric workers are spawned, not forked, and score exactly as forked or in-process ones."""
+    import torch.distributed as dist
+
+    from matting.engine.evaluator import _pool_context
+
+    items = [make_item(f"img_{k}", seed=k) for k in range(2)]
+    assert _pool_context().get_start_method() == "fork"
+    forked = evaluate(matter, items, None, progress=False, workers=1)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        assert _pool_context().get_start_method() == "spawn"
+        spawned = evaluate(matter, items, None, progress=False, workers=1)
+    finally:
+        dist.destroy_process_group()
+    assert spawned["mean"] == forked["mean"] == evaluate(matter, items, None, progress=False, workers=0)["mean"]
+
+
 def test_a_failing_iterator_is_reported(matter):
     def gen():
         yield make_item("a")
@@ -188,7 +207,7 @@ def test_cli_end_to_end(tmp_path, checkpoint, capsys):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["count"] == 4 and summary["failed"] == 0
     assert summary["step"] == 11 and summary["checkpoint"] == str(checkpoint) and summary["split"] == "test"
-    matter = Matter.from_checkpoint(checkpoint, "cpu")
+    matter = Predictor.from_checkpoint(checkpoint, "cpu")
     sads = []
     for item in items:
         pred = read_gray(out / "alpha" / f"{item['name']}.png")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from matting.engine.predictor import Matter
+from matting.engine.predictor import Predictor
 from matting.export import export_model, main, run_exported
 
 from helpers import save_tiny_checkpoint
@@ -33,7 +33,7 @@ def exported_alpha(path, image: np.ndarray, trimap: np.ndarray) -> np.ndarray:
 @pytest.fixture(scope="module")
 def exported(checkpoint, tmp_path_factory):
     """Both formats exported once from the checkpoint's model (exporting takes seconds)."""
-    matter = Matter.from_checkpoint(checkpoint, "cpu")
+    matter = Predictor.from_checkpoint(checkpoint, "cpu")
     folder = tmp_path_factory.mktemp("export")
     return matter, {
         "onnx": export_model(matter.model, "onnx", folder / "tiny.onnx"),

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from matting.data.io import read_gray, read_rgb, write_png
-from matting.engine.predictor import Matter
+from matting.engine.predictor import Predictor
 from matting.infer import estimate_foreground, main
 
 from helpers import save_tiny_checkpoint
@@ -25,8 +25,8 @@ def checkpoint(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def matter(checkpoint) -> Matter:
-    return Matter.from_checkpoint(checkpoint, "cpu")
+def matter(checkpoint) -> Predictor:
+    return Predictor.from_checkpoint(checkpoint, "cpu")
 
 
 def make_pair(h: int = 40, w: int = 50, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

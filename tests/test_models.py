@@ -20,6 +20,8 @@ from matting.models import (
     IMAGENET_STD,
     FrozenBatchNorm2d,
     InputSizeError,
+    MobileNetV2Options,
+    ResNet34Options,
     build_model,
     convert_sync_batchnorm,
     count_parameters,
@@ -356,9 +358,15 @@ def test_build_model_errors_list_the_valid_choices():
         build_model("mobilenetv2", "fade", upsampler_options={"no_such_option": 1})
     with pytest.raises(MattingError, match="width_mult 1.0"):
         build_model("mobilenetv2", pretrained="imagenet", width_mult=0.5)
-    # The config's nested options section is accepted as is.
-    model = build_model("mobilenetv2", "bilinear", options={"width_mult": 0.5, "stem_channels": 8})
+    # Typed options, as the config's model.options section becomes when it is loaded.
+    model = build_model("mobilenetv2", "bilinear", options=MobileNetV2Options(width_mult=0.5, stem_channels=8))
     assert model.encoder.stem[0].out_channels == 8
+    with pytest.raises(MattingError, match="ResNet34Options given for encoder 'mobilenetv2'"):
+        build_model("mobilenetv2", options=ResNet34Options())
+    with pytest.raises(MattingError, match="not both"):
+        build_model("mobilenetv2", options=MobileNetV2Options(), width_mult=0.5)
+    with pytest.raises(MattingError, match="options= takes an encoder's options object"):
+        build_model("mobilenetv2", options={"width_mult": 0.5})
 
 
 # --------------------------------------------------------------------------------------- pretrained
@@ -476,3 +484,12 @@ def test_summary_parts_add_up():
     assert table.splitlines()[0] == "| part | parameters | MACs at 64x96 |"
     assert "| stages[4].up: FADE, C=16, /2->/1 |" in table and "**total**" in table
     assert model.training  # the mode is restored
+
+
+def test_network_doc_carries_the_current_encoder_options():
+    """docs/network.md's option table is the dataclasses' output, so it cannot drift from the code."""
+    from pathlib import Path
+
+    from matting.models.options import options_markdown
+
+    assert options_markdown() in (Path(__file__).resolve().parents[1] / "docs" / "network.md").read_text()

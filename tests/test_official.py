@@ -8,6 +8,7 @@ match the authors' network is checked outside the test suite against their code 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -15,9 +16,10 @@ import pytest
 import torch
 from torch import nn
 
+from matting.config import ModelConfig
 from matting.convert_official import main as convert_main
 from matting.engine.checkpoint import load_checkpoint, model_from_checkpoint
-from matting.engine.predictor import Matter
+from matting.engine.predictor import Predictor
 from matting.errors import MattingError
 from matting.models import build_model, load_official_a2u, official_model_config, official_module_names
 from matting.models.official import INPLACE_ABN_EPS
@@ -155,7 +157,7 @@ def test_converted_checkpoint_evaluates_infers_and_exports(tmp_path, capsys):
     assert convert_main(["--checkpoint", str(official), "--upsampler", "fade", "--out", str(out)]) == 0
     ckpt = load_checkpoint(out)
     assert set(ckpt) == {"format", "model", "config", "step", "epoch", "best"}
-    assert ckpt["config"]["model"] == official_model_config("fade")
+    assert ckpt["config"]["model"] == dataclasses.asdict(ModelConfig(**official_model_config("fade")))
     assert ckpt["config"]["output_dir"] == str(tmp_path / "runs" / "official")
     model, _ = model_from_checkpoint(out)
     for key, value in source.state_dict().items():
@@ -169,9 +171,9 @@ def test_converted_checkpoint_evaluates_infers_and_exports(tmp_path, capsys):
     assert summary["count"] == 4 and summary["failed"] == 0
     image = np.asarray(np.random.default_rng(0).integers(0, 256, (36, 45, 3)), dtype=np.uint8)
     trimap = np.full((36, 45), 128, np.uint8)
-    expected = Matter(source, "cpu").predict(image, trimap)
+    expected = Predictor(source, "cpu").predict(image, trimap)
     assert ((expected > 0.05) & (expected < 0.95)).mean() > 0.5
-    np.testing.assert_allclose(Matter.from_checkpoint(out, "cpu").predict(image, trimap), expected, atol=1e-5)
+    np.testing.assert_allclose(Predictor.from_checkpoint(out, "cpu").predict(image, trimap), expected, atol=1e-5)
     assert infer_main([*args, "--image", str(tmp_path / "test/merged/fg0_0.png"),
                        "--trimap", str(tmp_path / "test/trimaps/fg0_0.png"), "--out", str(tmp_path / "infer")]) == 0
     assert (tmp_path / "infer" / "alpha" / "fg0_0.png").is_file()

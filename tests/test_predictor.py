@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from matting.engine.predictor import Matter, as_rgb_uint8, pad_to_multiple, to_uint8_alpha
+from matting.engine.predictor import Predictor, as_rgb_uint8, pad_to_multiple, to_uint8_alpha
 from matting.errors import MattingError
 from matting.models import make_input
 
@@ -99,7 +99,7 @@ def test_pad_to_multiple_is_noop_on_multiples():
 
 def test_predict_crops_back_exactly_and_pads_by_reflection():
     model = RedChannelModel()
-    matter = Matter(model, "cpu")
+    matter = Predictor(model, "cpu")
     image = random_image(45, 70)
     alpha = matter.predict(image, unknown(45, 70))
     assert alpha.shape == (45, 70) and alpha.dtype == np.float32
@@ -117,14 +117,14 @@ def test_predict_forces_known_regions():
     trimap = unknown(40, 50)
     trimap[:10] = 0
     trimap[-10:] = 255
-    pred = Matter(RedChannelModel(), "cpu").predict_uint8(image, trimap)
+    pred = Predictor(RedChannelModel(), "cpu").predict_uint8(image, trimap)
     assert (pred[:10] == 0).all() and (pred[-10:] == 255).all()
     np.testing.assert_array_equal(pred[10:-10], image[10:-10, :, 0])
 
 
 @pytest.mark.parametrize("value,expected", [(1.7, 255), (-0.3, 0), (100.7 / 255, 101), (254.6 / 255, 255)])
 def test_predict_clamps_and_rounds_not_truncates(value, expected):
-    matter = Matter(ConstantModel(value), "cpu")
+    matter = Predictor(ConstantModel(value), "cpu")
     alpha = matter.predict(random_image(20, 20), unknown(20, 20))
     assert 0.0 <= alpha.min() and alpha.max() <= 1.0
     assert (matter.predict_uint8(random_image(20, 20), unknown(20, 20)) == expected).all()
@@ -133,13 +133,13 @@ def test_predict_clamps_and_rounds_not_truncates(value, expected):
 @pytest.mark.parametrize("shape", [(1, 1), (1, 5), (3, 2), (17, 1)])
 def test_tiny_images(shape):
     image = random_image(*shape, seed=2)
-    pred = Matter(RedChannelModel(), "cpu").predict_uint8(image, unknown(*shape))
+    pred = Predictor(RedChannelModel(), "cpu").predict_uint8(image, unknown(*shape))
     assert pred.shape == shape
     np.testing.assert_array_equal(pred, image[:, :, 0])
 
 
 def test_grey_rgba_and_16bit_inputs_match_rgb():
-    matter = Matter(RedChannelModel(), "cpu")
+    matter = Predictor(RedChannelModel(), "cpu")
     rgb = random_image(20, 30, seed=3)
     tri = unknown(20, 30)
     grey = rgb[:, :, 0]
@@ -155,7 +155,7 @@ def test_grey_rgba_and_16bit_inputs_match_rgb():
 
 
 def test_bad_inputs_raise_matting_error():
-    matter = Matter(RedChannelModel(), "cpu")
+    matter = Predictor(RedChannelModel(), "cpu")
     with pytest.raises(MattingError, match="does not match"):
         matter.predict(random_image(20, 30), unknown(20, 31))
     with pytest.raises(MattingError, match="float32"):
@@ -163,7 +163,7 @@ def test_bad_inputs_raise_matting_error():
     with pytest.raises(MattingError, match="shape"):
         matter.predict(random_image(20, 30), np.zeros((20, 30, 3), np.uint8))
     with pytest.raises(MattingError, match="amp"):
-        Matter(RedChannelModel(), "cpu", amp="fp8")
+        Predictor(RedChannelModel(), "cpu", amp="fp8")
 
 
 def test_off_values_in_trimap_are_mapped_with_a_warning():
@@ -171,21 +171,21 @@ def test_off_values_in_trimap_are_mapped_with_a_warning():
     trimap = np.full((20, 20), 127, np.uint8)  # 127 is "unknown" after mapping, as read_trimap does it
     trimap[:5] = 3
     with pytest.warns(UserWarning, match="trimap"):
-        pred = Matter(RedChannelModel(), "cpu").predict_uint8(image, trimap)
+        pred = Predictor(RedChannelModel(), "cpu").predict_uint8(image, trimap)
     assert (pred[:5] == 0).all()
     np.testing.assert_array_equal(pred[5:], image[5:, :, 0])
 
 
 def test_runs_in_eval_mode_and_restores_train_mode():
     model = RedChannelModel().train()
-    Matter(model, "cpu").predict(random_image(8, 8), unknown(8, 8))
+    Predictor(model, "cpu").predict(random_image(8, 8), unknown(8, 8))
     assert model.modes == [False]
     assert model.training
 
 
 def test_no_autograd_graph_is_built():
     model = SmallConvModel()
-    matter = Matter(model, "cpu")
+    matter = Predictor(model, "cpu")
     captured = {}
 
     def hook(module, inputs, output):
@@ -199,9 +199,9 @@ def test_no_autograd_graph_is_built():
 def test_tiles_match_whole_image_when_margin_covers_receptive_field():
     image, trimap = random_image(100, 130, seed=5), unknown(100, 130)
     trimap[:20] = 0
-    whole = Matter(SmallConvModel(), "cpu").predict(image, trimap)
+    whole = Predictor(SmallConvModel(), "cpu").predict(image, trimap)
     model = SmallConvModel()
-    tiled = Matter(model, "cpu", tile=32, tile_margin=16).predict(image, trimap)
+    tiled = Predictor(model, "cpu", tile=32, tile_margin=16).predict(image, trimap)
     np.testing.assert_allclose(tiled, whole, atol=1e-6)
     # Padded 112x144 in 32-px centres with 16 px of context: 4x5 windows, none larger than 64x64.
     assert len(model.shapes) == 20
@@ -211,21 +211,21 @@ def test_tiles_match_whole_image_when_margin_covers_receptive_field():
 def test_tiles_differ_from_whole_image_without_margin():
     # Guards the test above: with no context the 3x3 convolutions see zero padding at tile borders.
     image, trimap = random_image(64, 64, seed=6), unknown(64, 64)
-    whole = Matter(SmallConvModel(), "cpu").predict(image, trimap)
-    tiled = Matter(SmallConvModel(), "cpu", tile=32, tile_margin=0).predict(image, trimap)
+    whole = Predictor(SmallConvModel(), "cpu").predict(image, trimap)
+    tiled = Predictor(SmallConvModel(), "cpu", tile=32, tile_margin=0).predict(image, trimap)
     assert np.abs(tiled - whole).max() > 1e-4
 
 
 def test_bf16_autocast_runs():
-    alpha = Matter(SmallConvModel(), "cpu", amp="bf16").predict(random_image(16, 16), unknown(16, 16))
+    alpha = Predictor(SmallConvModel(), "cpu", amp="bf16").predict(random_image(16, 16), unknown(16, 16))
     assert alpha.dtype == np.float32 and alpha.shape == (16, 16)
 
 
 def test_channels_last_by_default_on_cpu_with_the_same_alpha():
     image, trimap = random_image(40, 50, seed=3), unknown(40, 50)
-    plain = Matter(SmallConvModel(), "cpu", channels_last=False)
+    plain = Predictor(SmallConvModel(), "cpu", channels_last=False)
     model = SmallConvModel()  # the same seeded weights
-    fast = Matter(model, "cpu")
+    fast = Predictor(model, "cpu")
     assert fast.channels_last and not plain.channels_last
     assert model.net[0].weight.is_contiguous(memory_format=torch.channels_last)
     assert plain.model.net[0].weight.is_contiguous()
@@ -248,7 +248,32 @@ def test_checkpoint_with_a_different_network_is_a_clear_error(tmp_path):
     config = {"model": {"encoder": "resnet34", "upsampler": "bilinear", "options": small}}
     atomic_torch_save({"format": 1, "model": model.state_dict(), "config": config, "step": 1}, path)
     with pytest.raises(MattingError, match=rf"{path}: weights do not match .* model.options.layer3_blocks: 6$"):
-        Matter.from_checkpoint(path, "cpu")
+        Predictor.from_checkpoint(path, "cpu")
     config["model"]["options"] = {**small, "layer3_blocks": 6}
     atomic_torch_save({"format": 1, "model": model.state_dict(), "config": config, "step": 1}, path)
-    assert len(Matter.from_checkpoint(path, "cpu").model.encoder.layer3) == 6
+    assert len(Predictor.from_checkpoint(path, "cpu").model.encoder.layer3) == 6
+
+
+def _flushes_denormals() -> bool:
+    return float(torch.tensor([1e-39]) * 1.0) == 0.0  # 1e-39 is below float32's normal range
+
+
+def test_denormal_flag_is_set_only_when_asked():
+    """A library user's process keeps its denormal flag unless they ask (the command lines set it themselves)."""
+    if not torch.set_flush_denormal(False):
+        pytest.skip("this CPU cannot flush denormals")
+    try:
+        Predictor(SmallConvModel(), "cpu")
+        assert not _flushes_denormals()
+        Predictor(SmallConvModel(), "cpu", flush_denormals=True)
+        assert _flushes_denormals()
+    finally:
+        torch.set_flush_denormal(True)  # as conftest.py sets it for the whole session
+
+
+def test_former_names_still_work():
+    from matting.engine.logger import Board, TensorBoardWriter
+    from matting.engine.predictor import Matter
+    from matting.engine.runtime import fast_cpu_math, flush_denormals
+
+    assert Matter is Predictor and Board is TensorBoardWriter and fast_cpu_math is flush_denormals

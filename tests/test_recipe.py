@@ -13,8 +13,8 @@ import torchvision
 from torch import nn
 
 from matting.config import load_config
-from matting.engine.checkpoint import build_model_from_config, load_checkpoint
-from matting.engine.logger import Board
+from matting.engine.checkpoint import load_checkpoint
+from matting.engine.logger import TensorBoardWriter
 from matting.engine.schedule import assign_lr_multipliers, lr_param_groups, parse_lr_rules
 from matting.engine.trainer import Trainer
 from matting.errors import MattingError
@@ -25,6 +25,7 @@ from matting.models import (
     build_model,
     convert_sync_batchnorm,
     count_parameters,
+    model_from_config,
     official_module_names,
 )
 from matting.models.layers import OFFICIAL_INIT_GAIN
@@ -45,7 +46,7 @@ def official_lr(official_name: str) -> float:
 
 def config_model(name: str, overrides: tuple[str, ...] = ()):
     cfg = load_config(CONFIGS / name, list(overrides))
-    return cfg, build_model_from_config(cfg.to_dict()["model"], pretrained=None)
+    return cfg, model_from_config(dataclasses.replace(cfg.model, pretrained=None))
 
 
 def lr_by_name(model: nn.Module, cfg) -> dict[str, float]:
@@ -283,9 +284,9 @@ def test_test_set_curve_is_labelled_and_never_selects(tmp_path, tiny_data, monke
     assert [(g["name"], g["lr"]) for g in trainer.optimizer.param_groups] == [
         ("x0.01", pytest.approx(1e-5)), ("x1", pytest.approx(1e-3))]
     written = []
-    real = Board.scalars  # the run's writer is created when fit() starts: record through the class
-    monkeypatch.setattr(Board, "scalars", lambda self, values, step: (written.append((step, sorted(values))),
-                                                                      real(self, values, step)))
+    real = TensorBoardWriter.scalars  # the run's writer is created when fit() starts: record through the class
+    monkeypatch.setattr(TensorBoardWriter, "scalars", lambda self, values, step: (
+        written.append((step, sorted(values))), real(self, values, step)))
     trainer.fit()
     tests = [(step, keys) for step, keys in written if any(k.startswith("test_set/") for k in keys)]
     assert [step for step, _ in tests] == [1, 2]

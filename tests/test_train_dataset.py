@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, default_collate
 
 from matting.data import io
 from matting.data.augment import (
@@ -23,6 +23,8 @@ from matting.data.train_dataset import (
     CompositionDataset,
     ValidationDataset,
     composite_truncated,
+    pack_batch,
+    unpack_batch,
     worker_init_fn,
 )
 from matting.data.trimap import trimap_from_alpha_dt
@@ -320,6 +322,29 @@ def test_dataset_is_deterministic_per_seed_epoch_and_index(files):
     assert not torch.equal(a[1]["image"], first)
     a.set_epoch(0)
     assert torch.equal(a[1]["image"], first)
+
+
+def test_an_epoch_can_travel_with_the_index(files):
+    """Persistent loader workers keep the dataset they copied: they get (epoch, index), not set_epoch."""
+    ds = dataset(files, length=8)
+    ds.set_epoch(2)
+    expected = ds[5]
+    ds.set_epoch(0)
+    assert_same(ds[(2, 5)], expected)
+
+
+@pytest.mark.parametrize("preset", ["indexnet", "gca", "a2u"])
+def test_batches_travel_as_bytes_where_exact_and_arrive_unchanged(files, preset):
+    """pack_batch (in the loader's workers) then unpack_batch (on the device) gives back exactly the float
+    batch; the indexnet recipe's fg, bg and alpha are 8-bit values and its composite is recomputed."""
+    ds = dataset(files, preset, length=8)
+    samples = [ds[i] for i in range(4)]
+    packed = pack_batch(samples)
+    assert_same(unpack_batch(packed), default_collate(samples))
+    if preset == "indexnet":
+        assert "image" not in packed and {packed[k].dtype for k in ("fg", "bg", "alpha")} == {torch.uint8}
+    if preset == "a2u":  # its composite is (fg * a + bg * (1 - a)) / 255: travels as float32
+        assert packed["image"].dtype == torch.float32
 
 
 def test_cache_gives_the_same_samples(files):

@@ -43,19 +43,22 @@ from matting.data.io import (
     write_text_atomic,
 )
 from matting.data.release import (
+    MANIFEST,
+    MANIFEST_TOOL,
     TEST_BG_LIST,
     TEST_DIR,
     TEST_FG_LIST,
     check_release_dir,
     format_list,
+    is_test_folder,
     locate_backgrounds,
     locate_foregrounds,
     missing_error,
+    read_manifest,
     read_names,
 )
 from matting.errors import MattingError, cli
 
-MANIFEST = "manifest.json"
 # Bump when the composed pixels or the layout change, so older outputs are recomposed.
 FORMAT_VERSION = 1
 
@@ -220,16 +223,6 @@ def _try_compose(job: ForegroundJob, out_dir: Path) -> tuple[list[dict], str | N
         return [], str(exc)
 
 
-def read_manifest(out_dir: str | os.PathLike) -> dict | None:
-    """The manifest in ``out_dir``, or None if there is none or it is not ours."""
-    p = Path(out_dir) / MANIFEST
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) and data.get("tool") == "matting.data.compose_test" else None
-
-
 def _is_current(manifest: dict | None, digest: str, out_dir: Path, outputs: list[str]) -> bool:
     return (manifest is not None and manifest.get("complete") is True and manifest.get("inputs_hash") == digest
             and all((out_dir / f).is_file() for f in outputs))
@@ -239,7 +232,7 @@ def _manifest(jobs: list[ForegroundJob], digest: str, dataset_dir: str | os.Path
               outputs: list[str], entries: list[dict], complete: bool) -> str:
     """The manifest as JSON text, one list item per line so it stays readable with 1,000 composites."""
     head = {
-        "tool": "matting.data.compose_test",
+        "tool": MANIFEST_TOOL,
         "format": FORMAT_VERSION,
         "complete": complete,
         "inputs_hash": digest,
@@ -325,6 +318,41 @@ def compose_test_set(
     entries.sort(key=lambda e: (order[e["fg"]], e["k"]))
     write_text_atomic(out / MANIFEST, _manifest(jobs, digest, dataset_dir, bg_dir, outputs, entries, True))
     return out / MANIFEST
+
+
+def default_test_out(dataset_dir: str | os.PathLike) -> Path:
+    """Where ``resolve_test_source`` composes a raw release's test set by default: the folder name GCA and
+    MatteFormer use, next to ``Combined_Dataset/``."""
+    return Path(dataset_dir).resolve().parent / "Composition-1k-testset"
+
+
+def resolve_test_source(
+    path: str | os.PathLike,
+    bg_dir: str | os.PathLike | None = None,
+    out: str | os.PathLike | None = None,
+    *,
+    workers: int = 2,
+    progress: bool = True,
+) -> Path:
+    """Returns a prepared test folder for ``path``.
+
+    ``path`` is either a prepared folder (returned as is) or Adobe's ``Combined_Dataset/``, whose test set is
+    composed from ``bg_dir`` (the VOC images) into ``out`` (default ``default_test_out(path)``). Composition
+    is skipped when ``out/manifest.json`` records the same inputs.
+    """
+    p = Path(path)
+    if is_test_folder(p):
+        return p
+    if (p / TEST_DIR / TEST_FG_LIST).is_file():
+        if bg_dir is None:
+            raise MattingError(f"{p}: raw release; give the VOC background folder to compose its test set")
+        target = Path(out) if out is not None else default_test_out(p)
+        compose_test_set(p, bg_dir, target, workers=workers, progress=progress)
+        return target
+    raise MattingError(
+        f"{p}: neither a prepared test folder (merged/, alpha/ or alpha_copy/, trimaps/) nor Adobe's "
+        f"Combined_Dataset/ (with {TEST_DIR}/{TEST_FG_LIST})"
+    )
 
 
 @cli

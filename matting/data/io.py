@@ -34,6 +34,7 @@ from typing import Iterable
 
 import cv2
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
 from matting.errors import MattingError, MattingWarning, OutputError
 
@@ -321,15 +322,13 @@ def find_alpha(alpha_dir: str | os.PathLike, image_stem: str) -> Path | None:
 _PIL_WIDE_MODES = ("I", "F", "I;16", "I;16B", "I;16L", "I;16N")
 
 
-def read_rgb_pil(path: str | os.PathLike) -> "PIL.Image.Image":  # noqa: F821 (Pillow is imported lazily)
+def read_rgb_pil(path: str | os.PathLike) -> Image.Image:
     """Opens a colour image with Pillow and returns it fully loaded in mode ``"RGB"`` (8 bits per channel).
 
     For code that must reproduce a reference script pixel for pixel: Adobe's Composition-1k composer decodes
     and resizes with Pillow, and a JPEG decoded by OpenCV can differ from Pillow's by a grey level. Everything
     else should use ``read_rgb``. 16-bit and float images are rejected like ``read_rgb`` does.
     """
-    from PIL import Image, UnidentifiedImageError
-
     p = Path(path)
     data = read_image_bytes(p)
     header = _png_header(data[:26])

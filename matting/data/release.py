@@ -5,8 +5,8 @@ Two sources, both read without opening any image (the release lists 43,100 backg
 - ``read_training_release(Combined_Dataset/, coco_train2014/)``: the training foregrounds, their alphas and
   the background list, exactly as Adobe ships them (``Adobe-licensed images`` and ``Other`` side by side).
 - ``read_test_folder(dir)``: a prepared test folder in the common ``merged/``, ``alpha/`` or ``alpha_copy/``,
-  ``trimaps/`` layout. ``resolve_test_source`` also accepts the raw release plus the VOC folder and composes
-  the test set once with ``matting.data.compose_test`` (cached by its manifest).
+  ``trimaps/`` layout (``matting.data.compose_test.resolve_test_source`` also accepts the raw release plus
+  the VOC folder and composes its test set once).
 
 Every missing file is reported in one error, up front. Image contents (sizes, bit depth) are checked when a
 sample is loaded, or all at once by ``verify_training_release``.
@@ -14,6 +14,7 @@ sample is loaded, or all at once by ``verify_training_release``.
 
 from __future__ import annotations
 
+import json
 import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -38,6 +39,10 @@ RELEASE_SUBSETS = ("Adobe-licensed images", "Other")
 TRAIN_DIR = "Training_set"
 TEST_DIR = "Test_set"
 TRAIN_FG_LIST = "training_fg_names.txt"
+# The file with which matting.data.compose_test records a composed test folder (its inputs, its outputs, whether
+# it finished); read here so that a prepared folder is checked against it.
+MANIFEST = "manifest.json"
+MANIFEST_TOOL = "matting.data.compose_test"
 TRAIN_BG_LIST = "training_bg_names.txt"
 TEST_FG_LIST = "test_fg_names.txt"
 TEST_BG_LIST = "test_bg_names.txt"
@@ -355,10 +360,18 @@ def read_test_folder(test_dir: str | os.PathLike) -> list[TestRecord]:
     return records
 
 
+def read_manifest(out_dir: str | os.PathLike) -> dict | None:
+    """The manifest ``compose_test`` wrote in ``out_dir``, or None if there is none or it is not its own."""
+    p = Path(out_dir) / MANIFEST
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and data.get("tool") == MANIFEST_TOOL else None
+
+
 def _check_manifest(root: Path, image_dir: Path, images: dict[str, Path]) -> None:
     """If ``compose_test`` made this folder: it finished, and the images are exactly the ones it wrote."""
-    from matting.data.compose_test import MANIFEST, read_manifest  # compose_test imports this module
-
     manifest, path = read_manifest(root), root / MANIFEST
     if manifest is None:
         return
@@ -414,43 +427,6 @@ class TestDataset(torch.utils.data.Dataset):
         return load_test_item(self.records[index])
 
 
-def default_test_out(dataset_dir: str | os.PathLike) -> Path:
-    """Where ``resolve_test_source`` composes a raw release's test set by default: the folder name GCA and
-    MatteFormer use, next to ``Combined_Dataset/``."""
-    return Path(dataset_dir).resolve().parent / "Composition-1k-testset"
-
-
-def resolve_test_source(
-    path: str | os.PathLike,
-    bg_dir: str | os.PathLike | None = None,
-    out: str | os.PathLike | None = None,
-    *,
-    workers: int = 2,
-    progress: bool = True,
-) -> Path:
-    """Returns a prepared test folder for ``path``.
-
-    ``path`` is either a prepared folder (returned as is) or Adobe's ``Combined_Dataset/``, whose test set is
-    composed from ``bg_dir`` (the VOC images) into ``out`` (default ``default_test_out(path)``). Composition
-    is skipped when ``out/manifest.json`` records the same inputs.
-    """
-    p = Path(path)
-    if is_test_folder(p):
-        return p
-    if (p / TEST_DIR / TEST_FG_LIST).is_file():
-        if bg_dir is None:
-            raise MattingError(f"{p}: raw release; give the VOC background folder to compose its test set")
-        from matting.data.compose_test import compose_test_set
-
-        target = Path(out) if out is not None else default_test_out(p)
-        compose_test_set(p, bg_dir, target, workers=workers, progress=progress)
-        return target
-    raise MattingError(
-        f"{p}: neither a prepared test folder (merged/, alpha/ or alpha_copy/, trimaps/) nor Adobe's "
-        f"Combined_Dataset/ (with {TEST_DIR}/{TEST_FG_LIST})"
-    )
-
-
 __all__ = [
     "TestDataset",
     "TestRecord",
@@ -460,7 +436,6 @@ __all__ = [
     "read_names",
     "read_test_folder",
     "read_training_release",
-    "resolve_test_source",
     "split_validation",
     "verify_training_release",
 ]

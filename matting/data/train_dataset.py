@@ -5,7 +5,8 @@
   nothing else, so it is the same with any number of workers, any batch size and after resuming.
 - ``ValidationDataset``: deterministic full-resolution composites of held-out training foregrounds, in the
   test-set item format, so the test evaluation code scores them unchanged.
-- ``worker_init_fn``: for ``DataLoader(num_workers > 0)``.
+- ``worker_init_fn``: for ``DataLoader(num_workers > 0)``; ``pack_batch`` / ``unpack_batch``: the batches as they
+  travel to the training device (8-bit where that is exact) and as the losses see them.
 
 Both datasets take plain lists of paths, or a release object via ``from_release`` (anything with ``fg_paths``,
 ``alpha_paths`` and ``bg_paths``, e.g. ``matting.data.release.TrainingRelease``).
@@ -21,7 +22,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 
 from matting.data import io
 from matting.data.a2u import enlarge_to_cover
@@ -116,17 +117,16 @@ class CompositionDataset(Dataset):
         return cls(release.fg_paths, release.alpha_paths, release.bg_paths, augment, seed, length, cache)
 
     def set_epoch(self, epoch: int) -> None:
-        """Selects the epoch whose samples ``__getitem__`` returns. Call it before creating the epoch's
-        DataLoader iterator (workers copy the dataset when the iterator starts; with ``persistent_workers`` they
-        would keep the old epoch)."""
+        """Selects the epoch whose samples ``dataset[index]`` returns. DataLoader workers copy the dataset when
+        they start (and keep it with ``persistent_workers``): there, index with ``(epoch, index)`` instead."""
         self.epoch = int(epoch)
 
     def __len__(self) -> int:
         return self.length
 
-    def sample_rng(self, index: int) -> np.random.Generator:
-        """The generator that drives sample ``index`` of the current epoch."""
-        return np.random.default_rng([self.seed, self.epoch, index])
+    def sample_rng(self, index: int, epoch: int | None = None) -> np.random.Generator:
+        """The generator that drives sample ``index`` of ``epoch`` (default: the current epoch)."""
+        return np.random.default_rng([self.seed, self.epoch if epoch is None else epoch, index])
 
     def _pair(self, f: int) -> tuple[np.ndarray, np.ndarray]:
         if self._pairs is not None:
@@ -136,10 +136,13 @@ class CompositionDataset(Dataset):
     def _bg(self, b: int) -> np.ndarray:
         return self._bgs[b] if self._bgs is not None else io.read_rgb(self.bg_paths[b])
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor | str]:
+    def __getitem__(self, index: int | tuple[int, int]) -> dict[str, torch.Tensor | str]:
+        """Sample ``index`` of the current epoch, or of ``epoch`` for ``index = (epoch, i)`` (what
+        :class:`~matting.engine.trainer.EpochSampler` yields, so persistent loader workers follow the epochs)."""
+        epoch, index = index if isinstance(index, tuple) else (None, index)
         if not 0 <= index < self.length:
             raise IndexError(f"sample {index} out of range for an epoch of {self.length}")
-        rng = self.sample_rng(index)
+        rng = self.sample_rng(index, epoch)
         n_fg = len(self.fg_paths)
         f = index % n_fg
         fg, alpha = self._pair(f)
@@ -160,6 +163,57 @@ class CompositionDataset(Dataset):
             "trimap": torch.from_numpy(out["trimap"][None]),
             "name": self.fg_paths[f].stem,
         }
+
+
+# Batch transport: what the loader hands to the training device. Images, fg, bg and alpha built from 8-bit
+# pixels hold exact multiples of 1/255; they travel as uint8 (4x fewer bytes through shared memory, pinned
+# memory and the host-to-device copy) and become float on the device, bit for bit the values the dataset made.
+# The composite image travels not at all when it equals alpha * fg + (1 - alpha) * bg as the device computes it.
+# Anything else (a jittered or blended foreground, the a2u preset's composite) travels as float32, unchanged.
+_BYTE_KEYS = ("fg", "bg", "alpha")
+
+
+def pack_batch(samples: list[dict]) -> dict:
+    """``DataLoader`` ``collate_fn`` (runs in the loader's workers): ``default_collate``, then each of ``fg``,
+    ``bg``, ``alpha`` as uint8 where that is exact, and no ``image`` where :func:`unpack_batch` recomputes it
+    exactly. :func:`unpack_batch` (on the device) gives back exactly ``default_collate(samples)``."""
+    batch = default_collate(samples)
+    for key in _BYTE_KEYS:
+        batch[key] = _as_bytes_if_exact(batch[key])
+    if all(batch[k].dtype == torch.uint8 for k in _BYTE_KEYS) and torch.equal(_composite(batch), batch["image"]):
+        del batch["image"]
+    return batch
+
+
+def unpack_batch(batch: dict) -> dict:
+    """The float batch the losses and the network expect, from :func:`pack_batch`'s (already on its device):
+    ``image``, ``fg``, ``bg`` (B, 3, S, S) and ``alpha`` (B, 1, S, S) float32 in [0, 1]; ``trimap`` unchanged."""
+    out = dict(batch)
+    for key in _BYTE_KEYS:
+        if out[key].dtype == torch.uint8:
+            out[key] = _from_bytes(out[key])
+    if "image" not in out:
+        out["image"] = _composite(out)
+    return out
+
+
+def _from_bytes(x: torch.Tensor) -> torch.Tensor:
+    # A divisor on the tensor's device: CUDA turns division by a host scalar into multiplication by its
+    # reciprocal, which can differ from the dataset's value (numpy's division) in the last bit.
+    return x.float() / torch.full((), 255.0, device=x.device)
+
+
+def _as_bytes_if_exact(x: torch.Tensor) -> torch.Tensor:
+    if x.dtype != torch.float32:
+        return x
+    q = (x * 255.0).round_().clamp_(0, 255).to(torch.uint8)
+    return q if torch.equal(_from_bytes(q), x) else x
+
+
+def _composite(batch: dict) -> torch.Tensor:
+    """alpha * fg + (1 - alpha) * bg in float32, in the order of operations the augmentations use."""
+    fg, bg, alpha = (_from_bytes(batch[k]) if batch[k].dtype == torch.uint8 else batch[k] for k in _BYTE_KEYS)
+    return alpha * fg + (1.0 - alpha) * bg
 
 
 def worker_init_fn(worker_id: int) -> None:

@@ -7,7 +7,9 @@ A checkpoint is a ``torch.save``'d dict:
   network with ``config["model"]`` and need nothing else;
 - ``step``: optimisation steps done; ``epoch``: data epochs started;
 - ``optimizer``, ``scheduler``, ``scaler``: their state dicts (``scaler`` is None without fp16 AMP);
-- ``rng``: the CPU/CUDA torch, numpy and Python RNG states, so ``--resume`` continues bit-exactly on CPU;
+- ``rng``: per process (rank), its CPU torch, own CUDA device's, numpy and Python RNG states, so ``--resume``
+  continues bit-exactly on CPU; a list by rank since format 3 (one state before);
+- ``epoch_start_step``: the step at which the current data epoch started (since format 3);
 - ``best``: ``{"metric": name, "value": float, "step": int}`` or None;
 - ``format``: ``CHECKPOINT_FORMAT`` (bumped on incompatible changes).
 
@@ -22,6 +24,7 @@ half-written ``latest.pth``; the temporary file of a process killed mid-write is
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import os
 import pickle
@@ -35,9 +38,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from matting.config import ModelConfig, model_config_from_dict
 from matting.errors import MattingError, OutputError
+from matting.models import model_from_config
 
-CHECKPOINT_FORMAT = 2
+CHECKPOINT_FORMAT = 3
 
 # What a format-1 checkpoint holds besides tensors and plain data: numpy's MT19937 state, a uint32 ndarray. The
 # weights-only unpickler calls only allow-listed functions and builds only allow-listed types, so with these it
@@ -101,23 +106,29 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
-def rng_state() -> dict[str, Any]:
-    """Every RNG state a training step can consume, as tensors and plain data (weights-only loadable).
+def rng_state(device: torch.device | None = None) -> dict[str, Any]:
+    """Every RNG state a training step of this process can consume, as tensors and plain data (weights-only
+    loadable).
 
-    ``torch``/``cuda``: uint8 tensors; ``numpy``: ``{"name", "keys": (624,) int64 tensor, "pos", "has_gauss",
-    "cached_gaussian"}``; ``python``: ``random.getstate()`` (a tuple of ints).
+    ``torch``: the CPU generator, a uint8 tensor; ``cuda`` (when ``device`` is a CUDA device: the one GPU this
+    process drives): that device's generator, a uint8 tensor; ``numpy``: ``{"name", "keys": (624,) int64 tensor,
+    "pos", "has_gauss", "cached_gaussian"}``; ``python``: ``random.getstate()`` (a tuple of ints).
     """
     name, keys, pos, has_gauss, cached = np.random.get_state()
     numpy_state = {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
                    "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
     state = {"torch": torch.get_rng_state(), "numpy": numpy_state, "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device is not None and device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Restores ``rng_state()``'s states (tensors may be on any device; format 1's numpy tuple is accepted)."""
+def set_rng_state(state: dict[str, Any], device: torch.device | None = None) -> None:
+    """Restores ``rng_state()``'s states; ``cuda`` goes to ``device`` when that is a CUDA device.
+
+    Older checkpoints are accepted: format 1's numpy tuple, and (formats 1-2) a list of every visible GPU's state
+    under ``cuda``, of which ``device``'s entry is used (none if that machine had fewer GPUs).
+    """
     torch.set_rng_state(state["torch"].cpu())
     numpy_state = state["numpy"]
     if isinstance(numpy_state, dict):
@@ -126,8 +137,20 @@ def set_rng_state(state: dict[str, Any]) -> None:
                        numpy_state["cached_gaussian"])
     np.random.set_state(numpy_state)
     random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+    cuda = state.get("cuda")
+    if cuda is None or device is None or device.type != "cuda":
+        return
+    if isinstance(cuda, (list, tuple)):
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        cuda = cuda[index] if index < len(cuda) else None
+    if cuda is not None:
+        torch.cuda.set_rng_state(cuda.cpu(), device)
+
+
+def rank_rng_states(ckpt: dict[str, Any]) -> list[dict[str, Any]]:
+    """The RNG states of every process that wrote ``ckpt``, by rank (format 3); older files held one state."""
+    states = ckpt["rng"]
+    return list(states) if isinstance(states, (list, tuple)) else [states]
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -206,19 +229,13 @@ def _unsafe_globals(path: Path) -> list[str]:
 _PLAIN_MODULES = {"torch", "collections", "builtins", "_codecs"}
 
 
-def build_model_from_config(model_cfg: dict[str, Any], *, pretrained: Any = "config") -> nn.Module:
-    """``build_model`` from a config's ``model`` section (``options`` are flattened into keyword arguments).
-
-    ``pretrained="config"`` keeps the section's value; pass None to skip loading pretrained weights (checkpoint
-    loading, where every weight comes from the checkpoint).
-    """
-    from matting.models import build_model
-
-    kwargs = {k: v for k, v in model_cfg.items() if k != "options"}
-    kwargs.update(model_cfg.get("options") or {})
-    if pretrained != "config":
-        kwargs["pretrained"] = pretrained
-    return build_model(**kwargs)
+def checkpoint_model_config(ckpt: dict[str, Any], path: str | os.PathLike) -> ModelConfig:
+    """The validated ``model`` section a loaded checkpoint was written with (older layouts included: see
+    :func:`matting.config.model_config_from_dict`); a bad one is a MattingError naming the file."""
+    section = ckpt["config"].get("model") if isinstance(ckpt["config"], dict) else None
+    if not isinstance(section, dict):
+        raise MattingError(f"{path}: its config has no 'model' section")
+    return model_config_from_dict(section, f"{path}: its config")
 
 
 def model_from_checkpoint(
@@ -231,7 +248,8 @@ def model_from_checkpoint(
     already holds every weight.
     """
     ckpt = load_checkpoint(path, map_location="cpu")
-    model = build_model_from_config(ckpt["config"]["model"], pretrained=None)
+    model_cfg = checkpoint_model_config(ckpt, path)
+    model = model_from_config(dataclasses.replace(model_cfg, pretrained=None))
     missing, unexpected = model.load_state_dict(ckpt["model"], strict=False)
     if missing or unexpected:
         hint = ""

@@ -1,4 +1,4 @@
-"""Scores a :class:`~matting.engine.predictor.Matter` on eval items: the test set, or the trainer's validation split.
+"""Scores a :class:`~matting.engine.predictor.Predictor` on eval items: the test set, or the trainer's validation split.
 
 One function, :func:`evaluate`, so test and validation numbers are computed the same way. It never skips an
 image: an item that fails to load, predict or score is reported with its name, counted in ``failures`` and the
@@ -16,9 +16,12 @@ Outputs under ``out_dir`` (when given):
 from __future__ import annotations
 
 import csv
+import functools
+import itertools
 import json
 import math
 import multiprocessing
+import multiprocessing.context
 import os
 import sys
 import time
@@ -29,9 +32,12 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
 
 from matting.data.io import atomic_path, check_writable_dir, same_path, write_png, write_text_atomic
-from matting.engine.predictor import Matter
+from matting.engine.predictor import Predictor
 from matting.errors import MattingError, OutputError
 from matting.metrics.official import compute_metrics
 
@@ -99,31 +105,39 @@ def _iterate(items: Any) -> Iterator[tuple[str, Callable[[], dict]]]:
     the others. A plain iterator that raises cannot be resumed: that failure is counted and the run ends there.
     """
     if hasattr(items, "__len__") and hasattr(items, "__getitem__"):
-        n = len(items)
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="eval-load") as loader:
-            ahead: Future | None = loader.submit(items.__getitem__, 0) if n else None
-            for i in range(n):
-                current = ahead
-                ahead = loader.submit(items.__getitem__, i + 1) if i + 1 < n else None
-                yield _item_name(items, i), current.result
-        return
+        return _prefetched(items)
+    return _iterated(items)
+
+
+def _prefetched(items: Any) -> Iterator[tuple[str, Callable[[], dict]]]:
+    n = len(items)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="eval-load") as loader:
+        ahead: Future | None = loader.submit(items.__getitem__, 0) if n else None
+        for i in range(n):
+            current = ahead
+            ahead = loader.submit(items.__getitem__, i + 1) if i + 1 < n else None
+            yield _item_name(items, i), current.result
+
+
+def _iterated(items: Iterable[dict]) -> Iterator[tuple[str, Callable[[], dict]]]:
     iterator = iter(items)
-    index = 0
-    while True:
+    for index in itertools.count():
         try:
             item = next(iterator)
         except StopIteration:
             return
-        except Exception as exc:  # noqa: BLE001 - reported as a failed item below
-            err = exc
-
-            def fail(err: Exception = err) -> dict:
-                raise err
-
-            yield f"item {index}", fail
+        except Exception as exc:  # noqa: BLE001 - reported as a failed item by the caller
+            yield f"item {index}", functools.partial(_raise, exc)
             return
-        yield f"item {index}", (lambda item=item: item)
-        index += 1
+        yield f"item {index}", functools.partial(_identity, item)
+
+
+def _raise(exc: Exception) -> dict:
+    raise exc
+
+
+def _identity(item: dict) -> dict:
+    return item
 
 
 def _score(pred: np.ndarray, gt: np.ndarray, trimap: np.ndarray, name: str) -> tuple[dict, dict]:
@@ -134,21 +148,104 @@ def _score(pred: np.ndarray, gt: np.ndarray, trimap: np.ndarray, name: str) -> t
     )
 
 
+def _pool_context() -> multiprocessing.context.BaseContext:
+    """fork where it is safe, else spawn.
+
+    fork: workers start in milliseconds and need nothing re-imported; they run only numpy/scipy (no OpenMP, no
+    CUDA), which makes forking a process that holds torch safe. Not a process that holds a CUDA context or a
+    process group (the trainer's validation under DDP): the threads of CUDA and NCCL/gloo may hold locks at the
+    fork, which the child would inherit held. spawn starts clean workers there (they import this module; the
+    caller's ``__main__`` needs its ``if __name__ == "__main__"`` guard, as the command lines have).
+    """
+    if torch.cuda.is_initialized() or dist.is_initialized():
+        return multiprocessing.get_context("spawn")
+    return multiprocessing.get_context("fork")
+
+
 def _make_pool(workers: int) -> ProcessPoolExecutor | None:
     if workers <= 0:
         return None
-    # fork: workers start in milliseconds and need nothing re-imported. spawn/forkserver would re-run the
-    # caller's __main__ in every worker (slow: torch; fatal: scripts without a main guard). The workers only
-    # run numpy/scipy (no OpenMP, no CUDA), which is what makes forking a process that holds torch safe.
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork"))
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=_pool_context())
     # With fork, the first submit starts every worker: do it now, before _iterate starts its loader thread,
     # so no fork happens while another thread of ours may hold a lock.
     pool.submit(int).result()
     return pool
 
 
+#: A scored item: (name, (metrics, baseline metrics) or None, error message or None).
+_Result = tuple[str, tuple[dict, dict] | None, str | None]
+
+
+class _Scorer:
+    """Scores predictions in worker processes (or in this process with ``workers=0``), at most a few in flight.
+
+    ``results`` maps item index -> :data:`_Result`, failures included. If the pool breaks (a worker killed for
+    memory), the rest is scored in this process.
+    """
+
+    def __init__(self, workers: int, bar) -> None:
+        self.pool = _make_pool(workers)
+        # Bound the predictions held for scoring (full-resolution arrays) to a few per worker.
+        self.in_flight = 2 * max(workers, 1)
+        self.bar = bar
+        self.pending: OrderedDict[Future, tuple[int, str, tuple]] = OrderedDict()
+        self.results: dict[int, _Result] = {}
+
+    def submit(self, index: int, name: str, args: tuple) -> None:
+        """Scores ``_score(*args)`` for item ``index``, then collects what is finished."""
+        if self.pool is not None:
+            try:
+                self.pending[self.pool.submit(_score, *args)] = (index, name, args)
+            except BrokenProcessPool:
+                self._pool_broke()
+        if self.pool is None:
+            self._score_here(index, name, args)
+        self.collect(block_until=self.in_flight)
+
+    def collect(self, block_until: int = 0) -> None:
+        """Gathers finished jobs, waiting until at most ``block_until`` remain in flight."""
+        while self.pending and (len(self.pending) > block_until or next(iter(self.pending)).done()):
+            future, (index, name, args) = self.pending.popitem(last=False)
+            try:
+                self.record(index, name, future.result())
+            except BrokenProcessPool:
+                self._pool_broke()
+                self._score_here(index, name, args)
+            except Exception as exc:  # noqa: BLE001 - a scoring failure is a failed image, not a crash
+                self.fail(index, name, exc)
+
+    def record(self, index: int, name: str, metrics: tuple[dict, dict]) -> None:
+        self.results[index] = (name, metrics, None)
+        self._advance()
+
+    def fail(self, index: int, name: str, exc: BaseException) -> None:
+        message = _error_text(exc)
+        self.results[index] = (name, None, message)
+        _write_line(f"failed: {name}: {message}", self.bar)
+        self._advance()
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def _score_here(self, index: int, name: str, args: tuple) -> None:
+        try:
+            self.record(index, name, _score(*args))
+        except Exception as exc:  # noqa: BLE001
+            self.fail(index, name, exc)
+
+    def _pool_broke(self) -> None:
+        if self.pool is not None:
+            _write_line("metrics worker pool broke; computing metrics in the main process", self.bar)
+        self.pool = None
+
+    def _advance(self) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+
+
 def evaluate(
-    matter: Matter,
+    predictor: Predictor,
     items: Iterable[dict],
     out_dir: str | os.PathLike | None = None,
     progress: bool = True,
@@ -156,10 +253,10 @@ def evaluate(
     *,
     meta: dict[str, Any] | None = None,
 ) -> Summary:
-    """Predicts and scores every item; never skips one.
+    """Predicts and scores every item; never skips one: load -> predict (-> write the alpha) -> score -> write.
 
     Args:
-        matter: the predictor (``Matter(model, device)`` or ``Matter.from_checkpoint(...)``).
+        predictor: the predictor (``Predictor(model, device)`` or ``Predictor.from_checkpoint(...)``).
         items: eval-item dicts ``{"image": (H,W,3) uint8 RGB, "alpha": (H,W) uint8, "trimap": (H,W) uint8 in
             {0,128,255}, "name": str}`` as ``load_test_item`` / ``TestDataset`` / ``ValidationDataset`` give them.
         out_dir: where ``alpha/``, ``metrics.csv`` and ``summary.json`` go; None writes nothing.
@@ -186,101 +283,72 @@ def evaluate(
     if out is not None:
         check_eval_outputs(out, items)
     start = time.perf_counter()
-    results: dict[int, tuple[str, tuple[dict, dict] | None, str | None]] = {}
-    pending: OrderedDict[Future, tuple[int, str, tuple]] = OrderedDict()
-    pool = _make_pool(workers)
-    written = 0
-    total = len(items) if hasattr(items, "__len__") else None
-    bar = _progress_bar(total, progress)
-
-    def fail(index: int, name: str, exc: BaseException) -> None:
-        message = _error_text(exc)
-        results[index] = (name, None, message)
-        _write_line(f"failed: {name}: {message}", bar)
-
-    def collect(block_until: int) -> None:
-        """Gathers finished metric jobs, waiting until at most ``block_until`` remain in flight."""
-        nonlocal pool
-        while pending and (len(pending) > block_until or next(iter(pending)).done()):
-            future, (index, name, args) = pending.popitem(last=False)
-            try:
-                results[index] = (name, future.result(), None)
-            except BrokenProcessPool:
-                # A metrics worker died (e.g. killed for memory): score the rest in this process.
-                _write_line("metrics worker pool broke; computing metrics in the main process", bar)
-                pool = None
-                try:
-                    results[index] = (name, _score(*args), None)
-                except Exception as exc:  # noqa: BLE001
-                    fail(index, name, exc)
-            except Exception as exc:  # noqa: BLE001 - a scoring failure is a failed image, not a crash
-                fail(index, name, exc)
-            if bar is not None:
-                bar.update(1)
-
+    bar = _progress_bar(len(items) if hasattr(items, "__len__") else None, progress)
+    scorer = _Scorer(workers, bar)
     try:
-        for index, (name, load) in enumerate(_iterate(items)):
-            try:
-                item = load()
-                name = str(item["name"])
-                pred = matter.predict_uint8(item["image"], item["trimap"])
-                if out is not None:
-                    write_png(out / "alpha" / f"{name}.png", pred)
-                    written += 1
-                args = (pred, item["alpha"], item["trimap"], name)
-                del item
-            except OutputError as exc:  # the next write would fail too: stop, saying what is there
-                raise OutputError(f"{exc}; stopped: {written} alpha mattes are in {out / 'alpha'}, no metrics.csv "
-                                  "or summary.json was written") from None
-            except Exception as exc:  # noqa: BLE001 - never skip an image: report it and go on
-                fail(index, name, exc)
-                if bar is not None:
-                    bar.update(1)
-                continue
-            if pool is not None:
-                try:
-                    pending[pool.submit(_score, *args)] = (index, name, args)
-                except BrokenProcessPool:
-                    pool = None
-            if pool is None:
-                try:
-                    results[index] = (name, _score(*args), None)
-                except Exception as exc:  # noqa: BLE001
-                    fail(index, name, exc)
-                if bar is not None:
-                    bar.update(1)
-            # Bound the predictions held for scoring (full-resolution arrays) to a few per worker.
-            collect(block_until=2 * max(workers, 1))
-        collect(block_until=0)
+        written = _predict_all(predictor, items, out, scorer)
     finally:
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
+        scorer.close()
         if bar is not None:
             bar.close()
+    results = [scorer.results[i] for i in sorted(scorer.results)]
+    summary = _summarize(results, predictor, time.perf_counter() - start, meta)
+    if out is not None:
+        _write_outputs(out, results, summary, written)
+    return summary
 
-    ordered = [results[i] for i in sorted(results)]
-    scored = [(name, r) for name, r, _ in ordered if r is not None]
-    summary: Summary = {
+
+def _predict_all(predictor: Predictor, items: Iterable[dict], out: Path | None, scorer: _Scorer) -> int:
+    """Loads and predicts every item, writes its alpha PNG (with ``out``), hands it to ``scorer``. Returns the
+    number of PNGs written. A failing item is recorded as failed; a failed write stops everything (OutputError)."""
+    written = 0
+    for index, (name, load) in enumerate(_iterate(items)):
+        try:
+            item = load()
+            name = str(item["name"])
+            pred = predictor.predict_uint8(item["image"], item["trimap"])
+            if out is not None:
+                write_png(out / "alpha" / f"{name}.png", pred)
+                written += 1
+            args = (pred, item["alpha"], item["trimap"], name)
+            del item  # the image is no longer needed while the metrics are computed
+        except OutputError as exc:  # the next write would fail too: stop, saying what is there
+            raise OutputError(f"{exc}; stopped: {written} alpha mattes are in {out / 'alpha'}, no metrics.csv "
+                              "or summary.json was written") from None
+        except Exception as exc:  # noqa: BLE001 - never skip an image: report it and go on
+            scorer.fail(index, name, exc)
+            continue
+        scorer.submit(index, name, args)
+    scorer.collect(block_until=0)
+    return written
+
+
+def _summarize(results: list[_Result], predictor: Predictor, seconds: float, meta: dict[str, Any] | None) -> Summary:
+    """The summary dict of :func:`evaluate` from the results in item order."""
+    scored = [(name, r) for name, r, _ in results if r is not None]
+    return {
         "mean": _means([r[0] for _, r in scored]),
         BASELINE_KEY: _means([r[1] for _, r in scored]),
         "count": len(scored),
-        "images": len(ordered),
-        "failed": len(ordered) - len(scored),
-        "failures": [{"name": name, "error": err} for name, r, err in ordered if r is None],
+        "images": len(results),
+        "failed": len(results) - len(scored),
+        "failures": [{"name": name, "error": err} for name, r, err in results if r is None],
         "mse_undefined": sum(1 for _, r in scored if math.isnan(r[0]["mse"])),
-        "checkpoint": matter.checkpoint,
-        "step": matter.step,
-        "seconds": round(time.perf_counter() - start, 3),
+        "checkpoint": predictor.checkpoint,
+        "step": predictor.step,
+        "seconds": round(seconds, 3),
         "units": _UNITS,
         **(meta or {}),
     }
-    if out is not None:
-        try:
-            write_metrics_csv(out / "metrics.csv", [(name, r[0] if r else None) for name, r, _ in ordered], summary)
-            write_text_atomic(out / "summary.json", json.dumps(summary, indent=2, allow_nan=False, default=str) + "\n")
-        except OutputError as exc:
-            raise OutputError(f"{exc}; the {written} alpha mattes are in {out / 'alpha'}") from None
-    return summary
+
+
+def _write_outputs(out: Path, results: list[_Result], summary: Summary, written: int) -> None:
+    """``metrics.csv`` and ``summary.json`` (atomic); a failed write says where the alpha mattes are."""
+    try:
+        write_metrics_csv(out / "metrics.csv", [(name, r[0] if r else None) for name, r, _ in results], summary)
+        write_text_atomic(out / "summary.json", json.dumps(summary, indent=2, allow_nan=False, default=str) + "\n")
+    except OutputError as exc:
+        raise OutputError(f"{exc}; the {written} alpha mattes are in {out / 'alpha'}") from None
 
 
 def check_eval_outputs(out: Path, items: Any) -> None:
@@ -331,8 +399,6 @@ def format_table(summary: Summary) -> str:
 def _progress_bar(total: int | None, enabled: bool):
     if not enabled:
         return None
-    from tqdm import tqdm
-
     return tqdm(total=total, desc="evaluate", unit="img", dynamic_ncols=True, file=sys.stderr)
 
 

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import torch
+from torchvision.utils import make_grid
 
 _LOGGER_IDS = itertools.count()
 #: ``extra`` for records that go to train.log only (e.g. a fatal error the command line prints itself).
@@ -67,7 +68,7 @@ def attach_log_file(logger: logging.Logger, log_file: Path) -> None:
     logger.addHandler(handler)
 
 
-class Board:
+class TensorBoardWriter:
     """TensorBoard writer that does nothing when disabled (ranks other than 0)."""
 
     def __init__(self, log_dir: Path | None, purge_step: int | None = None):
@@ -91,8 +92,6 @@ class Board:
         """
         if self.writer is None:
             return
-        from torchvision.utils import make_grid
-
         k = min(n, pred.shape[0])
         pred = pred[:k].detach().float().clamp(0, 1).cpu()
         alpha = batch["alpha"][:k].float().cpu()
@@ -114,3 +113,7 @@ class Board:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+#: Former name of :class:`TensorBoardWriter`, kept for one release.
+Board = TensorBoardWriter

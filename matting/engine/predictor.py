@@ -1,7 +1,7 @@
 """The one inference path: full-resolution prediction of an alpha matte from an image and a trimap.
 
 Evaluation (``matting.evaluate``), inference (``matting.infer``), the trainer's validation and the export parity
-test all go through :class:`Matter`, so the Composition-1k test protocol (``docs/protocol.md``) is implemented once:
+test all go through :class:`Predictor`, so the Composition-1k test protocol (``docs/protocol.md``) is implemented once:
 
 1. reflect-pad the image and trimap on the bottom/right to a multiple of the network's output stride (numpy's
    ``reflect`` mode, which keeps reflecting back and forth when the pad is larger than the image, so tiny images
@@ -14,8 +14,8 @@ test all go through :class:`Matter`, so the Composition-1k test protocol (``docs
 
 Example::
 
-    matter = Matter.from_checkpoint("runs/demo/checkpoints/latest.pth")
-    alpha = matter.predict(image, trimap)       # (H, W) float32 in [0, 1]
+    predictor = Predictor.from_checkpoint("runs/demo/checkpoints/latest.pth")
+    alpha = predictor.predict(image, trimap)       # (H, W) float32 in [0, 1]
 """
 
 from __future__ import annotations
@@ -31,10 +31,12 @@ from torch import nn
 
 from matting.data.io import normalize_trimap
 from matting.engine.checkpoint import model_from_checkpoint, unwrap
-from matting.engine.runtime import fast_cpu_math, resolve_device
+from matting.engine import runtime
+from matting.engine.runtime import resolve_device
 from matting.errors import MattingError
+from matting.models import make_input
 
-__all__ = ["AMP_MODES", "Matter", "as_rgb_uint8", "pad_to_multiple", "to_uint8_alpha"]
+__all__ = ["AMP_MODES", "Matter", "Predictor", "as_rgb_uint8", "pad_to_multiple", "to_uint8_alpha"]
 
 #: ``amp`` choices: autocast dtype per name (``none`` runs in float32).
 AMP_MODES: dict[str, torch.dtype | None] = {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -63,7 +65,7 @@ def pad_to_multiple(array: np.ndarray, stride: int) -> np.ndarray:
 
 
 def as_rgb_uint8(image: np.ndarray, name: str = "image") -> np.ndarray:
-    """Brings an in-memory image to (H, W, 3) uint8 RGB, the form :meth:`Matter.predict` runs on.
+    """Brings an in-memory image to (H, W, 3) uint8 RGB, the form :meth:`Predictor.predict` runs on.
 
     Accepts (H, W) and (H, W, 1) grayscale (repeated to 3 channels), (H, W, 3) RGB and (H, W, 4) RGBA (alpha
     dropped), as uint8 or uint16 (divided by 257 and rounded, so 65535 -> 255). Anything else is a MattingError.
@@ -107,7 +109,7 @@ def _tile_starts(size: int, core: int) -> range:
     return range(0, size, core)
 
 
-class Matter:
+class Predictor:
     """Predicts alpha mattes with a matting network, following the Composition-1k test protocol.
 
     Cheap to construct (the trainer builds one per validation run around its in-memory model). The model is
@@ -127,8 +129,11 @@ class Matter:
         tile_margin: context pixels around each tile (rounded up to the stride).
         channels_last: run the network in the channels-last memory layout (the model's weights are converted in
             place; values are the same up to float rounding). None (default): on CPU, where oneDNN's
-            convolutions run faster in that layout (resnet34 + FADE at 1024x1024 on 2 cores: 6.7 s instead
-            of 7.3 s, about the same peak memory); not elsewhere.
+            convolutions run faster in that layout at about the same peak memory; not elsewhere.
+        flush_denormals: set the process-wide flag that flushes denormal floats to zero on CPU
+            (:func:`matting.engine.runtime.flush_denormals`; much faster CPU inference, values below 1e-38 become
+            0). Off by default: a library does not change a process-wide flag unless asked; the command lines
+            set it themselves.
     """
 
     def __init__(
@@ -141,10 +146,12 @@ class Matter:
         tile: int | None = None,
         tile_margin: int = 128,
         channels_last: bool | None = None,
+        flush_denormals: bool = False,
     ) -> None:
         if amp not in AMP_MODES:
             raise MattingError(f"amp '{amp}' is not one of {', '.join(AMP_MODES)}")
-        fast_cpu_math()
+        if flush_denormals:
+            runtime.flush_denormals()
         self.device = resolve_device(device) if isinstance(device, str) else torch.device(device)
         self.model = unwrap(model).to(self.device)
         self.channels_last = self.device.type == "cpu" if channels_last is None else bool(channels_last)
@@ -170,15 +177,15 @@ class Matter:
     @classmethod
     def from_checkpoint(
         cls, path: str | os.PathLike, device: str | torch.device = "auto", amp: str = "none", **options: Any
-    ) -> "Matter":
+    ) -> "Predictor":
         """Rebuilds the checkpoint's network (``model_from_checkpoint``) and wraps it. ``options`` go to __init__."""
         dev = resolve_device(device) if isinstance(device, str) else torch.device(device)
         model, info = model_from_checkpoint(path, dev)
-        matter = cls(model, dev, amp, **options)
-        matter.checkpoint = str(path)
-        matter.config = info["config"]
-        matter.step = info["step"]
-        return matter
+        predictor = cls(model, dev, amp, **options)
+        predictor.checkpoint = str(path)
+        predictor.config = info["config"]
+        predictor.step = info["step"]
+        return predictor
 
     def _round_up(self, n: int) -> int:
         return int(math.ceil(n / self.stride) * self.stride)
@@ -186,7 +193,7 @@ class Matter:
     def __repr__(self) -> str:
         tiling = f", tile={self.tile}, tile_margin={self.tile_margin}" if self.tile else ""
         name = type(self.model).__name__
-        return f"Matter({name}, device={self.device}, amp={self.amp}, stride={self.stride}{tiling})"
+        return f"Predictor({name}, device={self.device}, amp={self.amp}, stride={self.stride}{tiling})"
 
     # ----------------------------------------------------------------------------------------------------------
     def predict(self, image: np.ndarray, trimap: np.ndarray) -> np.ndarray:
@@ -217,8 +224,6 @@ class Matter:
     # ----------------------------------------------------------------------------------------------------------
     def _run_network(self, image: np.ndarray, trimap: np.ndarray) -> np.ndarray:
         """(H, W, 3) uint8 and (H, W) uint8, H and W multiples of the stride -> (H, W) float32 raw alpha."""
-        from matting.models import make_input  # local: keeps this module importable without the model stack
-
         img_t = torch.from_numpy(image).to(self.device).permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
         tri_t = torch.from_numpy(trimap).to(self.device)[None, None]
         with torch.inference_mode(), self._eval_mode():
@@ -268,3 +273,7 @@ class Matter:
             yield
         finally:
             self.model.train(was_training)
+
+
+#: Former name of :class:`Predictor`, kept for one release (``Matter.from_checkpoint(...)`` still works).
+Matter = Predictor

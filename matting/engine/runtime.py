@@ -1,9 +1,11 @@
-"""Device choice, seeding and the (optional) distributed process group."""
+"""Device choice, the CPU denormal flag, seeding and the (optional) distributed process group."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,14 +27,37 @@ def resolve_device(name: str = "auto") -> torch.device:
         raise MattingError(f"device '{name}' is not a valid torch device (use auto, cpu, cuda or cuda:N)") from None
 
 
-def fast_cpu_math() -> None:
-    """Flushes denormal floats to zero on CPU.
+def flush_denormals() -> None:
+    """Sets the process-wide CPU flag that flushes denormal floats to zero (``torch.set_flush_denormal``).
 
-    Softmax kernels (FADE, CARAFE) and decaying gradients produce values below 1e-38; x86 CPUs process those
-    up to ~100x slower, which made a CPU training step of the demo network take 20 s instead of 0.4 s. The
-    values lost are below float32's normal range, far below anything a matte can show.
+    Softmax kernels (FADE, CARAFE) and decaying gradients produce values below float32's normal range (1e-38);
+    x86 CPUs process those many times slower than normal numbers, which slowed CPU training of the demo network
+    by more than an order of magnitude. The values lost are far below anything a matte can show. A global flag
+    of the process, so the command lines set it (``train``, ``evaluate``, ``infer``, ``export`` and the
+    benchmark scripts), and :class:`~matting.engine.predictor.Predictor` only when asked
+    (``flush_denormals=True``); library code never sets it behind the caller's back.
     """
     torch.set_flush_denormal(True)
+
+
+#: Former name of :func:`flush_denormals`, kept for one release.
+fast_cpu_math = flush_denormals
+
+
+@contextlib.contextmanager
+def cudnn_benchmark(enabled: bool) -> Iterator[None]:
+    """``torch.backends.cudnn.benchmark`` set to ``enabled`` inside the block, restored after it.
+
+    On: cuDNN times its algorithms for each new input shape and keeps the fastest, which pays off for the
+    fixed-size training crops; off for evaluation, whose every image has its own size (each new shape would
+    be timed again). Only CUDA reads the flag.
+    """
+    previous = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = previous
 
 
 def seed_everything(seed: int) -> None:

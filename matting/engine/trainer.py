@@ -4,13 +4,21 @@ One path for every run: single process on CPU or GPU, or several processes under
 (DistributedDataParallel; gloo on CPU, NCCL on CUDA). Rank 0 alone writes logs and checkpoints.
 
 Exact resumption: the order of samples depends only on (seed, epoch, position), every sample's augmentation only
-on (seed, epoch, index), and the checkpoint holds the model, optimiser, scheduler, AMP scaler, step and RNG
-states, so a run stopped at any checkpoint and resumed ends with the same weights as an uninterrupted one (on CPU;
-CUDA kernels are not all deterministic).
+on (seed, epoch, index), and the checkpoint holds the model, optimiser, scheduler, AMP scaler, step and every
+rank's RNG states, so a run stopped at any checkpoint and resumed with the same number of processes ends with
+the same weights as an uninterrupted one (on CPU; CUDA kernels are not all deterministic). With another number
+of processes it goes on from the same step, epoch and weights, but not bit for bit: see :meth:`Trainer._resume`.
+
+Host-device synchronisation: one small read per step. Before backward, every rank's loss and whether any rank
+was asked to stop (Ctrl-C, SIGTERM) are summed across ranks in one tensor and read once: so a NaN or infinite
+loss on any rank stops every rank at the same step, before its gradients reach the all-reduce or the weights,
+and a stop request ends every rank after the same step. Loss terms for the logs are read at logging steps only;
+the network input and the losses create no tensor from host data.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import signal
@@ -29,22 +37,36 @@ from torch import nn
 from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
-from matting.config import Config, ModelConfig
+from matting.config import Config
+from matting.data.augment import make_augment_config
 from matting.data.io import check_writable_dir
+from matting.data.release import TestDataset, read_test_folder, read_training_release, split_validation
+from matting.data.train_dataset import (
+    CompositionDataset,
+    ValidationDataset,
+    pack_batch,
+    unpack_batch,
+    worker_init_fn,
+)
 from matting.engine.checkpoint import (
     CHECKPOINT_FORMAT,
     atomic_torch_save,
-    build_model_from_config,
+    checkpoint_model_config,
     load_checkpoint,
+    rank_rng_states,
     rng_state,
     set_rng_state,
     unwrap,
 )
-from matting.engine.logger import FILE_ONLY, Board, attach_log_file, text_logger
+from matting.engine.evaluator import evaluate
+from matting.engine.logger import FILE_ONLY, TensorBoardWriter, attach_log_file, text_logger
+from matting.engine.predictor import Predictor
 from matting.engine.run_dir import check_run_dir, move_aside
-from matting.engine.runtime import DistInfo, fast_cpu_math, init_distributed, resolve_device, seed_everything
+from matting.engine.runtime import DistInfo, cudnn_benchmark, init_distributed, resolve_device, seed_everything
 from matting.engine.schedule import build_optimizer, build_scheduler
 from matting.errors import MattingError, OutputError
+from matting.losses import MattingLoss
+from matting.models import convert_sync_batchnorm, make_input, model_from_config
 
 #: A step whose loss is over this many times the median loss of the recent healthy steps is "exploding": no
 #: checkpoint is saved from such a state (a NaN usually follows), so latest.pth stays one a run can go on from.
@@ -94,7 +116,22 @@ class EpochSampler(Sampler[int]):
         return iter(mine[self.start :])
 
     def __len__(self) -> int:
-        return self.per_rank() - self.start
+        return max(0, self.per_rank() - self.start)
+
+
+class _WithEpoch(Sampler[tuple[int, int]]):
+    """``(epoch, index)`` for each index of an :class:`EpochSampler`: persistent loader workers keep the copy of
+    the dataset they started with, so the epoch travels with every index."""
+
+    def __init__(self, sampler: EpochSampler):
+        self.sampler = sampler
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch = self.sampler.epoch
+        return ((epoch, index) for index in self.sampler)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
 
 
 @dataclass
@@ -103,6 +140,7 @@ class TrainState:
     epoch: int = 0
     best_value: float = math.inf
     best_step: int = -1
+    epoch_start: int = 0  # the step at which the current data epoch started
 
 
 class Trainer:
@@ -134,10 +172,9 @@ class Trainer:
         self.device = self._device()
         main = self.dist.is_main
         self.log = text_logger(enabled=main)  # to train.log once the run starts
-        self.board = Board(None)
+        self.board = TensorBoardWriter(None)
         self.started = False
         self.progress = progress and main
-        fast_cpu_math()
         seed_everything(cfg.seed)
 
         self.model = self._build_model()
@@ -145,8 +182,6 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, cfg.train)
         self.amp_dtype = self._amp_dtype()
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
-        from matting.losses import MattingLoss
-
         self.criterion = MattingLoss(cfg.loss.weights)
         self.train_set, self.val_items, self.val_desc = self._build_data()
         self.test_items = self._build_test_set()
@@ -159,6 +194,15 @@ class Trainer:
         self.losses: deque[float] = deque(maxlen=_LOSS_HISTORY)
         self.exploding, self.last_loss = False, math.nan
         self.saved_step: int | None = None
+        # Since the last log: each step's loss (mean over ranks, read with the step's check) and loss terms
+        # (on the device, read at the log). A stop request: the signal this process got, and whether every rank
+        # agreed to stop after the current step.
+        self.step_losses: list[float] = []
+        self.step_terms: list[torch.Tensor] = []
+        self.log_tic = time.perf_counter()
+        self.stop_signal: int | None = None
+        self.stop_agreed = False
+        self.bar = None
         if checkpoint is not None:
             self._resume(checkpoint, resume)
 
@@ -195,7 +239,7 @@ class Trainer:
         return steps
 
     def _build_model(self) -> nn.Module:
-        model = build_model_from_config(self.cfg.to_dict()["model"]).to(self.device)
+        model = model_from_config(self.cfg.model).to(self.device)
         if self.cfg.train.channels_last:
             model = model.to(memory_format=torch.channels_last)
         if self.dist.enabled:
@@ -203,18 +247,12 @@ class Trainer:
                 self.log.warning("train.sync_bn ignored on %s: SyncBatchNorm needs CUDA; each process normalises "
                                  "with its own batch", self.device)
             elif self.cfg.train.sync_bn:
-                from matting.models import convert_sync_batchnorm
-
                 model = convert_sync_batchnorm(model)
             ids = [self.device.index] if self.device.type == "cuda" else None
             model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
         return model
 
     def _build_data(self):
-        from matting.data.augment import make_augment_config
-        from matting.data.release import read_training_release, split_validation
-        from matting.data.train_dataset import CompositionDataset, ValidationDataset
-
         d = self.cfg.data
         release = read_training_release(d.dataset_dir, d.train_bg_dir, use_bg_list=d.use_bg_list)
         train_rel, val_rel = split_validation(release, d.val_count, self.cfg.seed)
@@ -237,22 +275,21 @@ class Trainer:
         """The test set for ``train.test_every`` (None when off); a missing folder fails here, before training."""
         if self.cfg.train.test_every is None:
             return None
-        from matting.data.release import TestDataset, read_test_folder
-
         return TestDataset(read_test_folder(self.cfg.data.test_dir))
 
     def _loader(self) -> DataLoader:
-        from matting.data.train_dataset import worker_init_fn
-
+        """One loader for the whole run; its workers persist across epochs (the epoch travels with each index)."""
         workers = self.cfg.data.num_workers
         return DataLoader(
             self.train_set,
             batch_size=self.per_rank_batch,
-            sampler=self.sampler,
+            sampler=_WithEpoch(self.sampler),
             num_workers=workers,
+            collate_fn=pack_batch,
             worker_init_fn=worker_init_fn if workers > 0 else None,
             pin_memory=self.device.type == "cuda",
             drop_last=True,
+            persistent_workers=workers > 0,
             # The loader draws its workers' base seed from this generator, not from the global RNG, which the
             # model's dropout consumes: otherwise creating the iterator on resume would shift the dropout masks.
             generator=torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + self.state.epoch),
@@ -260,29 +297,40 @@ class Trainer:
 
     # ---------------------------------------------------------------------------------------------- checkpoints
 
-    def _checkpoint(self) -> dict[str, Any]:
+    def _checkpoint(self, rng_states: list[dict[str, Any]]) -> dict[str, Any]:
         return {
             "format": CHECKPOINT_FORMAT,
             "model": unwrap(self.model).state_dict(),
             "config": self.cfg.to_dict(),
             "step": self.state.step,
             "epoch": self.state.epoch,
+            "epoch_start_step": self.state.epoch_start,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-            "rng": rng_state(),
+            "rng": rng_states,
             "best": {
                 "metric": self.cfg.train.best_metric, "value": self.state.best_value, "step": self.state.best_step
             },
         }
 
+    def _rng_states(self) -> list[dict[str, Any]]:
+        """Every rank's RNG states, by rank (called by every rank; the list matters on rank 0)."""
+        own = rng_state(self.device)
+        if not self.dist.enabled:
+            return [own]
+        states: list[Any] = [None] * self.dist.world_size
+        dist.all_gather_object(states, own)
+        return states
+
     def save(self, name: str = "latest.pth") -> Path | None:
-        """Writes the current state to ``checkpoints/<name>`` (rank 0). A failed write is an OutputError saying
-        what the file still holds."""
+        """Writes the current state to ``checkpoints/<name>`` (rank 0; every rank calls it, with its RNG states).
+        A failed write is an OutputError saying what the file still holds."""
         path = self.ckpt_dir / name
+        rng_states = self._rng_states()
         if self.dist.is_main:
             try:
-                atomic_torch_save(self._checkpoint(), path)
+                atomic_torch_save(self._checkpoint(rng_states), path)
             except OutputError as exc:
                 held = (f"{name} still holds step {self.saved_step}" if name == "latest.pth" and
                         self.saved_step is not None else f"the previous {name}, if any, is unchanged")
@@ -319,55 +367,65 @@ class Trainer:
             self.losses.append(loss)
 
     def _resume(self, ckpt: dict[str, Any], path: str | Path) -> None:
+        """Restores the checkpoint's state; each rank takes its own RNG states.
+
+        With another number of processes than the checkpoint's, training goes on from the same step, epoch,
+        weights and optimiser state, but not bit for bit: the rest of the epoch is dealt to the processes
+        differently, and ranks the checkpoint has no state for take rank 0's (logged as a warning).
+        """
         # Keys added to the model section since the checkpoint was written take their defaults (head, init).
-        old = {**dataclasses.asdict(ModelConfig()), **(ckpt["config"].get("model") or {})}
-        new = self.cfg.to_dict()["model"]
-        if old != new:
-            raise MattingError(f"{path}: the checkpoint's model config {old} differs from this config's {new}")
+        old = checkpoint_model_config(ckpt, path)
+        if old != self.cfg.model:
+            raise MattingError(f"{path}: the checkpoint's model config {dataclasses.asdict(old)} differs from this "
+                               f"config's {dataclasses.asdict(self.cfg.model)}")
         unwrap(self.model).load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         if self.scaler is not None and ckpt.get("scaler") is not None:
             self.scaler.load_state_dict(ckpt["scaler"])
-        set_rng_state(ckpt["rng"])
+        states = rank_rng_states(ckpt)
+        rank = self.dist.rank
+        set_rng_state(states[rank] if rank < len(states) else states[0], self.device)
+        if len(states) != self.dist.world_size:
+            self.log.warning("%s was written by %d process(es), this run has %d: it goes on from step %d, not bit "
+                             "for bit as an uninterrupted run would", path, len(states), self.dist.world_size,
+                             ckpt["step"])
         if not self.restart and Path(path).resolve() == (self.ckpt_dir / "latest.pth").resolve():
             self.saved_step = ckpt["step"]
         best = ckpt.get("best") or {}
         self.state = TrainState(
             step=ckpt["step"], epoch=ckpt["epoch"],
             best_value=best.get("value", math.inf), best_step=best.get("step", -1),
+            epoch_start=ckpt.get("epoch_start_step", ckpt["epoch"] * self.steps_per_epoch),
         )
         self.log.info("resumed from %s at step %d", path, self.state.step)
 
-    # ---------------------------------------------------------------------------------------------- loop
+    # ---------------------------------------------------------------------------------------------- one step
 
     def _batches(self) -> Iterator[dict[str, torch.Tensor]]:
         """Batches from the current (epoch, position) onwards, across epoch boundaries, forever."""
+        loader = self._loader()
         while True:
-            done_in_epoch = self.state.step - self._epoch_start_step(self.steps_per_epoch)
+            done_in_epoch = min(max(self.state.step - self.state.epoch_start, 0), self.steps_per_epoch)
             self.sampler.set_position(self.state.epoch, done_in_epoch * self.per_rank_batch)
-            self.train_set.set_epoch(self.state.epoch)
-            for batch in self._loader():
-                yield batch
+            yield from loader
             self.state.epoch += 1
-
-    def _epoch_start_step(self, steps_per_epoch: int) -> int:
-        return self.state.epoch * steps_per_epoch
+            self.state.epoch_start = self.state.step
 
     def _to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
-        out = {}
-        for k, v in batch.items():
-            if torch.is_tensor(v):
-                v = v.to(self.device, non_blocking=True)
-                if self.cfg.train.channels_last and v.dim() == 4 and v.is_floating_point():
-                    v = v.contiguous(memory_format=torch.channels_last)
-            out[k] = v
+        """The loader's batch (8-bit where exact, see ``pack_batch``) on the device, as the losses expect it."""
+        out = {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+        out = unpack_batch(out)
+        if self.cfg.train.channels_last:
+            out = {k: v.contiguous(memory_format=torch.channels_last)
+                   if torch.is_tensor(v) and v.dim() == 4 and v.is_floating_point() else v for k, v in out.items()}
         return out
 
     def train_step(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
-        """One optimisation step. Returns (total loss, loss terms, prediction), all detached."""
-        from matting.models import make_input
+        """One optimisation step. Returns (total loss, loss terms, prediction), all detached.
 
+        Raises TrainingDiverged, on every rank, if the loss of any rank is not finite (nothing of the step is
+        applied)."""
         self.model.train()
         x = make_input(batch["image"], batch["trimap"])
         autocast = (
@@ -376,13 +434,7 @@ class Trainer:
         with autocast:
             pred = self.model(x)
         total, terms = self.criterion(pred.float(), batch)
-        if not torch.isfinite(total):
-            # Every rank sees the same loss only after the all-reduce inside backward, so check before it.
-            shown = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in terms.items())
-            raise TrainingDiverged(
-                f"loss is {float(total.detach())} at step {self.state.step + 1} ({shown}); stopped without saving; "
-                f"{self._latest_text()} (lower train.lr or set train.grad_clip)"
-            )
+        self._check_step(total, terms)
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
             self.scaler.scale(total).backward()
@@ -399,24 +451,61 @@ class Trainer:
         self.scheduler.step()
         return total.detach(), {k: v.detach() for k, v in terms.items()}, pred.detach()
 
+    def _check_step(self, total: torch.Tensor, terms: dict[str, torch.Tensor]) -> None:
+        """The step's one read from the device, agreed by every rank: all losses finite, and whether to stop.
+
+        One tensor of ``world_size + 1`` values is summed across ranks (before backward, so a rank that stops
+        never leaves the others waiting in the gradient all-reduce): slot r holds rank r's loss (the other ranks
+        add 0 there), the last slot the number of ranks asked to stop. Built on the device from the loss and a
+        fill: nothing is copied from the host.
+        """
+        world = self.dist.world_size
+        flags = torch.zeros(world + 1, device=total.device)
+        flags[self.dist.rank] = total.detach().float()
+        flags[world].fill_(float(self.stop_signal is not None))  # a fill: item assignment would copy a host tensor
+        if self.dist.enabled:
+            dist.all_reduce(flags)
+        *losses, stops = flags.tolist()
+        bad = [rank for rank, loss in enumerate(losses) if not math.isfinite(loss)]
+        if bad:
+            raise self._diverged(losses, bad, terms)
+        self.stop_agreed = stops > 0
+        self.step_losses.append(sum(losses) / world)
+        self.step_terms.append(torch.stack([v.detach() for v in terms.values()]))
+        self._watch_loss(self.step_losses[-1])
+
+    def _diverged(self, losses: list[float], bad: list[int], terms: dict[str, torch.Tensor]) -> TrainingDiverged:
+        """The one-line error every rank raises for a non-finite loss (the same text on every rank)."""
+        if self.dist.enabled:
+            where = f" on rank {', '.join(map(str, bad))} of {self.dist.world_size}"
+        else:
+            where = " (" + ", ".join(f"{k}={float(v):.4g}" for k, v in terms.items()) + ")"
+        return TrainingDiverged(
+            f"loss is {losses[bad[0]]} at step {self.state.step + 1}{where}; stopped without saving; "
+            f"{self._latest_text()} (lower train.lr or set train.grad_clip)"
+        )
+
+    # ---------------------------------------------------------------------------------------------- around it
+
     def validate(self) -> dict[str, Any] | None:
         """Scores the validation split (rank 0) with the same code as the test evaluation."""
         return self._score(self.val_items)
 
     def _score(self, items) -> dict[str, Any] | None:
-        """``evaluate``'s summary of ``items`` on rank 0 (None on the others, or when ``items`` is None)."""
+        """``evaluate``'s summary of ``items`` on rank 0 (None on the others, or when ``items`` is None).
+
+        Full-size images of varying sizes: cuDNN's per-shape autotuning is off meanwhile. Under DDP or with a
+        CUDA context the metric workers are spawned, not forked (``matting.engine.evaluator``).
+        """
         if items is None:
             return None
         summary = None
         if self.dist.is_main:
-            from matting.engine.evaluator import evaluate
-            from matting.engine.predictor import Matter
-
             model = unwrap(self.model)
             # The layout the model trains in: validation must not convert the training model's weights.
-            matter = Matter(model, self.device, channels_last=self.cfg.train.channels_last)
-            summary = evaluate(matter, items, out_dir=None, progress=False,
-                               workers=self.cfg.eval.workers)
+            predictor = Predictor(model, self.device, channels_last=self.cfg.train.channels_last)
+            with cudnn_benchmark(False):
+                summary = evaluate(predictor, items, out_dir=None, progress=False, workers=self.cfg.eval.workers)
             model.train()
         if self.dist.enabled:
             dist.barrier()
@@ -434,21 +523,87 @@ class Trainer:
         self.board.scalars({f"{board_prefix}/{k}": v for k, v in scored.items()}, self.state.step)
         return scored
 
-    def _after_validation(self, summary: dict[str, Any]) -> None:
-        metric = self.cfg.train.best_metric
-        scored = self._report(summary, self.val_desc, "val")
-        value = scored.get(metric)
-        if value is not None and value < self.state.best_value:
-            self.state.best_value, self.state.best_step = value, self.state.step
-            self.save("best.pth")
-            self.log.info("new best validation %s %.4f at step %d -> best.pth", metric.upper(), value, self.state.step)
+    def _keep_if_best(self, summary: dict[str, Any] | None) -> None:
+        """Reports a validation (rank 0) and saves best.pth if it improves on the best so far (every rank)."""
+        value = None
+        if summary is not None:
+            value = self._report(summary, self.val_desc, "val").get(self.cfg.train.best_metric)
+            if value is not None and not value < self.state.best_value:
+                value = None
+        if self.dist.enabled:
+            shared = [value]
+            dist.broadcast_object_list(shared, src=0)
+            value = shared[0]
+        if value is None:
+            return
+        self.state.best_value, self.state.best_step = value, self.state.step
+        self.save("best.pth")
+        self.log.info("new best validation %s %.4f at step %d -> best.pth", self.cfg.train.best_metric.upper(),
+                      value, self.state.step)
 
-    def _stop_on_signal(self, signum: int) -> None:
-        """Saves latest.pth at the last completed step (a consistent state), then ends the run."""
-        saved = self._save_latest()
-        self.log.info("stopped by signal %d at step %d; %s (continue with --resume)", signum, self.state.step,
+    def _log_losses(self) -> None:
+        """The losses since the last log, averaged (and over ranks): text log, progress bar, TensorBoard."""
+        t, step = self.cfg.train, self.state.step
+        terms = torch.stack(self.step_terms)
+        if self.dist.enabled:
+            dist.all_reduce(terms)
+            terms /= self.dist.world_size
+        n = len(self.step_losses)
+        avg = {"total": sum(self.step_losses) / n}
+        for name, column in zip(self.criterion.weights, zip(*terms.tolist())):
+            avg[name] = sum(column) / n
+        rate = n * t.batch_size / max(1e-9, time.perf_counter() - self.log_tic)
+        lrs = {f"lr/{g.get('name', i)}": g["lr"] for i, g in enumerate(self.optimizer.param_groups)}
+        self.board.scalars({**{f"loss/{k}": v for k, v in avg.items()}, **lrs, "throughput/samples_per_s": rate},
+                           step)
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{avg['total']:.4f}")
+        self.log.info("step %d/%d loss %.5f (%s) lr %.3g %.1f samples/s", step, t.iterations, avg["total"],
+                      ", ".join(f"{k} {v:.4f}" for k, v in avg.items() if k != "total"),
+                      self.optimizer.param_groups[-1]["lr"], rate)
+        self.step_losses, self.step_terms = [], []
+        self.log_tic = time.perf_counter()
+
+    def _after_step(self, batch: dict[str, Any], pred: torch.Tensor, last: int) -> None:
+        """What is due after a step: log, image grid, validation, test-set curve, checkpoint, stop."""
+        t, step = self.cfg.train, self.state.step
+        if step % t.log_every == 0 or step == t.iterations:
+            self._log_losses()
+        if step % t.image_every == 0:
+            self.board.image_grid("train/image_trimap_gt_pred_error", batch, pred, step)
+        if self.val_items is not None and (step % t.val_every == 0 or step == t.iterations):
+            self._keep_if_best(self.validate())
+        if self.test_items is not None and step % t.test_every == 0:
+            summary = self._score(self.test_items)
+            if summary is not None:
+                self._report(summary, f"TEST SET {self.cfg.data.test_dir} ({len(self.test_items)} images; "
+                             "reported only, never used to pick best.pth)", "test_set")
+        if step % t.ckpt_every == 0 or step == last:
+            self._save_latest()
+        # Alone, a process stops after the step its signal came in; several stop after the step they agreed on.
+        if self.stop_agreed or (not self.dist.enabled and self.stop_signal is not None):
+            self._stop_on_signal(save=True)
+
+    def _stop_on_signal(self, save: bool) -> None:
+        """Saves latest.pth at the last completed step (a consistent state) when ``save``, then ends the run."""
+        saved = self._save_latest() if save else False
+        what = f"signal {self.stop_signal}" if self.stop_signal is not None else "a signal to another process"
+        self.log.info("stopped by %s at step %d; %s (continue with --resume)", what, self.state.step,
                       f"saved {self.ckpt_dir / 'latest.pth'}" if saved else self._latest_text())
         raise KeyboardInterrupt
+
+    def _next_batch(self, batches: Iterator[dict[str, torch.Tensor]]) -> dict[str, Any]:
+        try:
+            return self._to_device(next(batches))
+        except Exception as exc:
+            # Ctrl-C also reaches the loader's workers, which then die: that is the stop, not a crash. Several
+            # processes may see it at different steps, so they cannot agree on a checkpoint: latest.pth stays.
+            if self.stop_signal is None:
+                raise _one_line(exc) from None
+            self._stop_on_signal(save=not self.dist.enabled)
+            raise  # not reached: _stop_on_signal raises
+
+    # ---------------------------------------------------------------------------------------------- the run
 
     def _start_run(self) -> None:
         """The run really starts: the earlier run is moved aside (restart), train.log and TensorBoard open.
@@ -461,17 +616,12 @@ class Trainer:
                 attach_log_file(self.log, self.out_dir / "train.log")
                 if moved is not None:
                     self.log.info("moved the earlier run to %s (--restart)", moved)
-            self.board = Board(self.out_dir / "tb", purge_step=self.state.step + 1 if self.state.step else None)
+            purge = self.state.step + 1 if self.state.step else None
+            self.board = TensorBoardWriter(self.out_dir / "tb", purge_step=purge)
         self.started = True
 
-    def fit(self, until: int | None = None) -> TrainState:
-        """Trains until ``train.iterations`` (or only up to step ``until``, saving latest.pth there, as if the
-        run had been stopped); saves latest.pth (and best.pth) on the way and at the end.
-
-        Ctrl-C (SIGINT) or SIGTERM stops after the current step and saves latest.pth, so ``--resume`` continues.
-        """
+    def _log_start(self) -> None:
         cfg, t = self.cfg, self.cfg.train
-        self._start_run()
         self.log.info("run '%s': %s, %d process(es) on %s, batch %d, %d iterations -> %s",
                       cfg.name, f"{cfg.model.encoder}+{cfg.model.upsampler}", self.dist.world_size, self.device,
                       t.batch_size, t.iterations, self.out_dir)
@@ -480,69 +630,42 @@ class Trainer:
         self.log.info("learning rates (train.lr_groups): %s", "; ".join(
             f"{g['name']} {g['lr']:.3g} ({sum(p.numel() for p in g['params']):,} values)"
             for g in self.optimizer.param_groups))
-        stop = {"signal": None}
+
+    @contextlib.contextmanager
+    def _stop_signals(self) -> Iterator[None]:
+        """Ctrl-C (SIGINT) and SIGTERM only note a stop request while the block runs."""
         old_handlers = {}
-
-        def request_stop(signum, frame):  # noqa: ARG001 - signal handler signature
-            stop["signal"] = signum
-
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
-                old_handlers[sig] = signal.signal(sig, request_stop)
+                old_handlers[sig] = signal.signal(sig, self._request_stop)
             except ValueError:  # not the main thread (e.g. inside some test runners): keep default handling
                 pass
-        # Redirected to a file (nohup, a cluster job), a bar redrawn every second fills the log: once a minute.
-        bar = tqdm(total=t.iterations, initial=self.state.step, disable=not self.progress, dynamic_ncols=True,
-                   desc="train", mininterval=1.0 if sys.stderr.isatty() else 60.0)
-        tic, seen, running = time.perf_counter(), 0, {}
         try:
-            batches = self._batches()
-            last = t.iterations if until is None else min(until, t.iterations)
-            while self.state.step < last:
-                try:
-                    batch = self._to_device(next(batches))
-                except Exception as exc:
-                    # Ctrl-C also reaches the loader's workers, which then die: that is the stop, not a crash.
-                    if stop["signal"] is None:
-                        raise _one_line(exc) from None
-                    batch = None
-                if batch is None:
-                    self._stop_on_signal(stop["signal"])
-                total, terms, pred = self.train_step(batch)
-                self.state.step += 1
-                self._watch_loss(float(total))
-                seen += t.batch_size
-                for k, v in {"total": total, **terms}.items():
-                    running[k] = running.get(k, 0.0) + float(v)
-                bar.update(1)
-                step = self.state.step
-                if step % t.log_every == 0 or step == t.iterations:
-                    n = t.log_every if step % t.log_every == 0 else step % t.log_every
-                    avg = {k: v / n for k, v in running.items()}
-                    rate = seen / max(1e-9, time.perf_counter() - tic)
-                    lrs = {f"lr/{g.get('name', i)}": g["lr"] for i, g in enumerate(self.optimizer.param_groups)}
-                    self.board.scalars({**{f"loss/{k}": v for k, v in avg.items()}, **lrs,
-                                        "throughput/samples_per_s": rate}, step)
-                    bar.set_postfix(loss=f"{avg['total']:.4f}")
-                    self.log.info("step %d/%d loss %.5f (%s) lr %.3g %.1f samples/s", step, t.iterations,
-                                  avg["total"], ", ".join(f"{k} {v:.4f}" for k, v in avg.items() if k != "total"),
-                                  self.optimizer.param_groups[-1]["lr"], rate)
-                    tic, seen, running = time.perf_counter(), 0, {}
-                if step % t.image_every == 0:
-                    self.board.image_grid("train/image_trimap_gt_pred_error", batch, pred, step)
-                if self.val_items is not None and (step % t.val_every == 0 or step == t.iterations):
-                    summary = self.validate()
-                    if summary is not None:
-                        self._after_validation(summary)
-                if self.test_items is not None and step % t.test_every == 0:
-                    summary = self._score(self.test_items)
-                    if summary is not None:
-                        self._report(summary, f"TEST SET {self.cfg.data.test_dir} ({len(self.test_items)} images; "
-                                     "reported only, never used to pick best.pth)", "test_set")
-                if step % t.ckpt_every == 0 or step == last:
-                    self._save_latest()
-                if stop["signal"] is not None:
-                    self._stop_on_signal(stop["signal"])
+            yield
+        finally:
+            for sig, handler in old_handlers.items():
+                signal.signal(sig, handler)
+
+    def _request_stop(self, signum: int, frame: Any) -> None:  # noqa: ARG002 - signal handler signature
+        self.stop_signal = signum
+
+    def fit(self, until: int | None = None) -> TrainState:
+        """Trains until ``train.iterations`` (or only up to step ``until``, saving latest.pth there, as if the
+        run had been stopped); saves latest.pth (and best.pth) on the way and at the end.
+
+        Ctrl-C (SIGINT) or SIGTERM stops after the current step and saves latest.pth, so ``--resume`` continues.
+        """
+        t = self.cfg.train
+        self._start_run()
+        self._log_start()
+        last = t.iterations if until is None else min(until, t.iterations)
+        # Redirected to a file (nohup, a cluster job), a bar redrawn every second fills the log: once a minute.
+        self.bar = tqdm(total=t.iterations, initial=self.state.step, disable=not self.progress, dynamic_ncols=True,
+                        desc="train", mininterval=1.0 if sys.stderr.isatty() else 60.0)
+        self.log_tic = time.perf_counter()
+        try:
+            with self._stop_signals(), cudnn_benchmark(self.device.type == "cuda"):
+                self._run(last)
         except MattingError as exc:  # the command line prints it; train.log must say why the run ended too
             self.log.error("error: %s", exc, extra=FILE_ONLY)
             raise
@@ -550,9 +673,20 @@ class Trainer:
             self.log.exception("crashed at step %d", self.state.step, extra=FILE_ONLY)
             raise
         finally:
-            bar.close()
+            self.bar.close()
             self.board.close()
-            for sig, handler in old_handlers.items():
-                signal.signal(sig, handler)
         self.log.info("done: %d steps; %s", self.state.step, self._latest_text().removeprefix("last good "))
         return self.state
+
+    def _run(self, last: int) -> None:
+        """The steps up to ``last``: batch, step, what is due after it."""
+        batches = self._batches()
+        try:
+            while self.state.step < last:
+                batch = self._next_batch(batches)
+                _, _, pred = self.train_step(batch)
+                self.state.step += 1
+                self.bar.update(1)
+                self._after_step(batch, pred, last)
+        finally:
+            batches.close()  # ends the loader's persistent workers

@@ -10,7 +10,10 @@ import argparse
 import re
 import sys
 
+from matting.data.io import check_output_file
 from matting.errors import MattingError, cli
+from matting.metrics.batch import evaluate_folders, format_table, summarize, unpredicted, write_csv
+from matting.metrics.bench import run_bench
 from matting.utils import bench_docs
 
 
@@ -39,8 +42,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _bench(args: argparse.Namespace, argv: list[str]) -> int:
     """``--bench``: times the metrics, prints the table and, with ``--write-docs``, writes it into the docs."""
-    from matting.metrics.bench import run_bench
-
     m = re.fullmatch(r"(\d+)x(\d+)", args.bench_size)
     if not m or int(m[1]) < 1 or int(m[2]) < 1:
         raise MattingError(f"--bench-size: expected WIDTHxHEIGHT such as 1920x1080, got {args.bench_size!r}")
@@ -65,9 +66,6 @@ def main(argv: list[str] | None = None) -> int:
     missing = [f"--{k}" for k in ("pred", "gt", "trimap") if not getattr(args, k)]
     if missing:
         parser.error(f"{', '.join(missing)} required (or --bench)")
-
-    from matting.data.io import check_output_file
-    from matting.metrics.batch import evaluate_folders, format_table, summarize, unpredicted, write_csv
 
     if args.out:
         check_output_file(args.out, "the CSV")  # before scoring anything

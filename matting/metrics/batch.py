@@ -20,6 +20,8 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Iterable, NamedTuple, Sequence
 
+from tqdm import tqdm
+
 from matting.data.io import (
     atomic_path,
     check_same_size,
@@ -197,8 +199,6 @@ def evaluate_items(items: Sequence[ImagePaths], workers: int | None = None, prog
     Child processes are started with 'spawn' (safe when the caller has threads, CUDA or OpenMP running), so a
     calling script needs the usual ``if __name__ == "__main__":`` guard.
     """
-    from tqdm import tqdm
-
     n = _resolve_workers(workers, len(items))
     rows: list[dict | None] = [None] * len(items)
     bar = tqdm(total=len(items), desc="metrics", unit="img", disable=not progress, dynamic_ncols=True)

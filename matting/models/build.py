@@ -1,10 +1,11 @@
-"""``build_model``: the one builder shared by the configs, the tests and users."""
+"""``build_model``: the one builder shared by the configs, the tests and users; ``model_from_config``: the network
+a config's ``model`` section describes."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
@@ -17,25 +18,25 @@ from .decoder import Decoder
 from .layers import init_official
 from .matting_net import HEADS, MattingNet
 from .mobilenet_encoder import MobileNetV2Encoder
-from .official import inplace_abn_imagenet_to_torchvision, is_inplace_abn_imagenet
-from .pretrained import fetch_imagenet_state_dict, load_encoder_weights, read_state_dict
+from .options import ENCODER_OPTIONS, EncoderOptions, MobileNetV2Options, encoder_options
+from .pretrained import (
+    fetch_imagenet_state_dict,
+    inplace_abn_imagenet_to_torchvision,
+    is_inplace_abn_imagenet,
+    load_encoder_weights,
+    read_state_dict,
+)
 from .resnet_encoder import ResNet34Encoder
 
-__all__ = ["MODELS", "ENCODER_OPTIONS", "HEAD_CHOICES", "INIT_CHOICES", "build_model"]
+if TYPE_CHECKING:  # annotations only: the config imports this room, never the other way round
+    from matting.config import ModelConfig
+
+__all__ = ["MODELS", "ENCODER_OPTIONS", "HEAD_CHOICES", "INIT_CHOICES", "build_model", "model_from_config"]
 
 #: Encoder name -> what the network is.
 MODELS: dict[str, str] = {
     "resnet34": "the paper's network: ResNet-34 layers 1-3, stride-1 stem, output stride 16, ASPP, 4 stages",
     "mobilenetv2": "IndexNet-style MobileNetV2 network: output stride 32, ASPP, 5 stages, light enough for CPU",
-}
-
-_COMMON_OPTIONS = {
-    "context_channels": "width of the ASPP output (the decoder input)",
-    "decoder_channels": "output width of each decoder stage, deepest first",
-    "aspp_channels": "width of each ASPP branch",
-    "aspp_dropout": "dropout after the ASPP (0.5 in the official code)",
-    "aspp_dilations": "dilations of the three dilated ASPP branches (default: the official ones for the stride)",
-    "aspp_pooling": "keep ASPP's image-pooling branch (true, as the official code; false for small training crops)",
 }
 
 #: ``head`` name -> what it is.
@@ -52,48 +53,26 @@ INIT_CHOICES: dict[str, str] = {
     "at the end of construction; ImageNet weights are loaded over it",
 }
 
-#: Encoder name -> {option: meaning}, the keyword options build_model accepts for it.
-ENCODER_OPTIONS: dict[str, dict[str, str]] = {
-    "resnet34": {
-        **_COMMON_OPTIONS,
-        "layer3_blocks": "blocks of ResNet-34's layer3 that are kept (4: the official network; 6: all of them)",
-    },
-    "mobilenetv2": {
-        **_COMMON_OPTIONS,
-        "width_mult": "MobileNetV2 width multiplier (ImageNet weights exist for 1.0 only)",
-        "stem_channels": "width of the full-resolution input stem (FADE's en at /1)",
-    },
-}
-
-
-def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise MattingError(f"model option {name} must be a positive int, got {value!r}")
-    return value
-
-
-def _int_list(name: str, value: Any, count: int) -> tuple[int, ...]:
-    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or len(value) != count:
-        raise MattingError(f"model option {name} must be a list of {count} positive ints, got {value!r}")
-    return tuple(_positive_int(name, v) for v in value)
-
 
 def build_model(
     encoder: str = "resnet34",
     upsampler: str = "fade",
+    *,
+    options: EncoderOptions | None = None,
     pretrained: str | os.PathLike | None = None,
     upsampler_options: Mapping[str, Any] | None = None,
     freeze_bn: bool | str = False,
     head: str = "one_conv",
     init: str = "per_module",
-    options: Mapping[str, Any] | None = None,
-    **kwargs: Any,
+    **encoder_kwargs: Any,
 ) -> MattingNet:
     """Builds the matting network: (B, 4, H, W) from :func:`make_input` -> raw alpha (B, 1, H, W).
 
     Args:
         encoder: "resnet34" (the paper's network, output stride 16) or "mobilenetv2" (output stride 32).
         upsampler: registry name of the upsampler used at every decoder stage ("fade", "bilinear", ...).
+        options: the encoder's typed options (:class:`ResNet34Options`, :class:`MobileNetV2Options`); or give
+            them as keyword arguments (``**encoder_kwargs``, e.g. ``width_mult=0.5``), not both.
         pretrained: None (train from scratch), "imagenet" (torchvision's ImageNet weights, from the torch hub
             cache or downloaded; offline without the cache file: MattingError), or the path of a local .pth
             file with torchvision-named weights or, for resnet34, inplace_abn's ImageNet ResNet-34 (the file
@@ -106,59 +85,31 @@ def build_model(
         head: "one_conv" (default) or "official", see ``HEAD_CHOICES``.
         init: "per_module" (default) or "official", see ``INIT_CHOICES``. Order of construction: network,
             then ``init``, then the ``pretrained`` encoder weights, then ``freeze_bn``.
-        options: the config's ``model.options`` section; merged with ``kwargs`` (``kwargs`` win).
-        **kwargs: encoder-specific options, see ``ENCODER_OPTIONS`` (e.g. ``width_mult=0.5``,
-            ``decoder_channels=[...]``).
 
-    Unknown encoders, upsamplers and options raise :class:`MattingError` listing the valid ones.
+    Unknown encoders, upsamplers, options and choices raise :class:`MattingError` listing the valid ones.
     """
     if encoder not in MODELS:
         raise MattingError(f"unknown encoder {encoder!r}; known encoders: {', '.join(MODELS)}")
     if upsampler not in UPSAMPLERS:
         raise MattingError(f"unknown upsampler {upsampler!r}; known upsamplers: {', '.join(available_upsamplers())}")
-    opts = {**dict(options or {}), **kwargs}
-    known = ENCODER_OPTIONS[encoder]
-    for key in opts:
-        if key not in known:
-            raise MattingError(f"unknown option {key!r} for encoder {encoder!r}; options: {', '.join(known)}")
+    if options is not None and not isinstance(options, EncoderOptions):
+        raise MattingError(f"options= takes an encoder's options object (e.g. MobileNetV2Options(...)), got "
+                           f"{type(options).__name__}; give plain values as keyword arguments")
+    if options is not None and encoder_kwargs:
+        raise MattingError("give the encoder options as options= or as keyword arguments, not both")
+    opts = encoder_options(encoder, options if options is not None else encoder_kwargs)
     if freeze_bn not in (False, True, "encoder"):
         raise MattingError(f"freeze_bn must be false, true or 'encoder', got {freeze_bn!r}")
     for key, value, choices in (("head", head, HEAD_CHOICES), ("init", init, INIT_CHOICES)):
         if value not in choices:
             raise MattingError(f"model {key} must be one of {', '.join(choices)}, got {value!r}")
 
-    if encoder == "resnet34":
-        try:  # the encoder knows how many blocks there are; its ValueError becomes a config error here
-            enc: nn.Module = ResNet34Encoder(
-                layer3_blocks=_positive_int("layer3_blocks", opts.get("layer3_blocks", 4))
-            )
-        except ValueError as exc:
-            raise MattingError(f"model option {exc}") from None
-        default_context, default_decoder = 256, (128, 64, 64, 32)
-    else:
-        width_mult = opts.get("width_mult", 1.0)
-        if isinstance(width_mult, bool) or not isinstance(width_mult, (int, float)) or width_mult <= 0:
-            raise MattingError(f"model option width_mult must be a positive number, got {width_mult!r}")
-        enc = MobileNetV2Encoder(width_mult, _positive_int("stem_channels", opts.get("stem_channels", 16)))
-        # Widths follow the encoder, so FADE's en never needs a projection: each stage outputs the width of
-        # the next stage's encoder feature.
-        widths = [en for en, _ in enc.stage_channels]
-        default_context, default_decoder = widths[0], (*widths[1:], widths[-1])
-
-    n_stages = len(enc.stage_channels)
-    context_channels = _positive_int("context_channels", opts.get("context_channels", default_context))
-    decoder_channels = _int_list("decoder_channels", opts.get("decoder_channels", default_decoder), n_stages)
-    aspp_channels = _positive_int("aspp_channels", opts.get("aspp_channels", 256))
-    dropout = opts.get("aspp_dropout", 0.5)
-    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
-        raise MattingError(f"model option aspp_dropout must be a number in [0, 1), got {dropout!r}")
-
-    dilations = _int_list("aspp_dilations", opts.get("aspp_dilations", aspp_dilations(enc.output_stride)), 3)
-    pooling = opts.get("aspp_pooling", True)
-    if not isinstance(pooling, bool):
-        raise MattingError(f"model option aspp_pooling must be true or false, got {pooling!r}")
-
-    context = ASPP(enc.out_channels, context_channels, dilations, aspp_channels, float(dropout), pooling)
+    enc, default_context, default_decoder = _encoder(opts)
+    context_channels = opts.context_channels or default_context
+    decoder_channels = tuple(opts.decoder_channels or default_decoder)
+    dilations = tuple(opts.aspp_dilations or aspp_dilations(enc.output_stride))
+    context = ASPP(enc.out_channels, context_channels, dilations, opts.aspp_channels, float(opts.aspp_dropout),
+                   opts.aspp_pooling)
     decoder = Decoder(context_channels, enc.stage_channels, decoder_channels, upsampler, upsampler_options)
     model = MattingNet(enc, context, decoder, HEADS[head](decoder.out_channels))
     if init == "official":
@@ -171,11 +122,33 @@ def build_model(
     return model
 
 
-def _load_pretrained(enc: nn.Module, encoder: str, pretrained: Any, opts: Mapping[str, Any]) -> None:
+def _encoder(opts: EncoderOptions) -> tuple[nn.Module, int, tuple[int, ...]]:
+    """The encoder, and the default context width and decoder widths that go with it."""
+    if isinstance(opts, MobileNetV2Options):
+        enc = MobileNetV2Encoder(opts.width_mult, opts.stem_channels)
+        # Widths follow the encoder, so FADE's en never needs a projection: each stage outputs the width of
+        # the next stage's encoder feature.
+        widths = [en for en, _ in enc.stage_channels]
+        return enc, widths[0], (*widths[1:], widths[-1])
+    return ResNet34Encoder(layer3_blocks=opts.layer3_blocks), 256, (128, 64, 64, 32)
+
+
+def model_from_config(cfg: ModelConfig) -> MattingNet:
+    """The network that a config's validated ``model`` section describes (:class:`matting.config.ModelConfig`),
+    ImageNet weights included when ``cfg.pretrained`` says so. A checkpoint's network is built with
+    ``dataclasses.replace(cfg, pretrained=None)``: its weights come from the checkpoint."""
+    return build_model(
+        cfg.encoder, cfg.upsampler, options=cfg.options, pretrained=cfg.pretrained,
+        upsampler_options=cfg.upsampler_options, freeze_bn=cfg.freeze_bn, head=cfg.head, init=cfg.init,
+    )
+
+
+def _load_pretrained(enc: nn.Module, encoder: str, pretrained: Any, opts: EncoderOptions) -> None:
     if pretrained == "imagenet":
-        if encoder == "mobilenetv2" and opts.get("width_mult", 1.0) != 1.0:
+        width = getattr(opts, "width_mult", 1.0)
+        if width != 1.0:
             raise MattingError(
-                f"pretrained='imagenet' needs width_mult 1.0 for mobilenetv2 (got {opts['width_mult']}): "
+                f"pretrained='imagenet' needs width_mult 1.0 for {encoder} (got {width}): "
                 f"torchvision has ImageNet weights for that width only"
             )
         load_encoder_weights(enc, fetch_imagenet_state_dict(encoder), encoder, f"ImageNet weights for {encoder}")

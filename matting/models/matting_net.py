@@ -6,8 +6,10 @@ import torch
 from torch import Tensor, nn
 
 from matting.errors import MattingError
+from matting.utils.tensors import device_tensor
 
 from .layers import LEAKY_SLOPE, init_new_conv
+from .summary import summary
 
 __all__ = [
     "HEADS",
@@ -40,7 +42,8 @@ def make_input(image: Tensor, trimap: Tensor) -> Tensor:
         (B, 4, H, W) tensor of ``image``'s dtype and device: channels 0-2 are ``(rgb - mean) / std`` with the
         ImageNet statistics, channel 3 is ``trimap / 255`` in {0, 128/255, 1}.
 
-    Plain tensor ops only, so it traces and exports with the network.
+    Plain tensor ops only, so it traces and exports with the network; the constants are made on the device
+    (no host-to-device copy, which would make the host wait for the device in the training loop).
     """
     if image.dim() != 4 or image.shape[1] != 3 or not image.is_floating_point():
         raise ValueError(
@@ -56,8 +59,8 @@ def make_input(image: Tensor, trimap: Tensor) -> Tensor:
             f"make_input: image {list(image.shape)} and trimap {list(trimap.shape)} differ in size"
         )
     # Literal lists rather than the module constants: TorchScript cannot read global tuples.
-    mean = torch.tensor([0.485, 0.456, 0.406], dtype=image.dtype, device=image.device).view(1, 3, 1, 1)
-    std = torch.tensor([0.229, 0.224, 0.225], dtype=image.dtype, device=image.device).view(1, 3, 1, 1)
+    mean = device_tensor([0.485, 0.456, 0.406], image).view(1, 3, 1, 1)
+    std = device_tensor([0.229, 0.224, 0.225], image).view(1, 3, 1, 1)
     return torch.cat([(image - mean) / std, trimap.to(image.dtype) / 255.0], dim=1)
 
 
@@ -167,8 +170,6 @@ class MattingNet(nn.Module):
 
     def summary(self, input_size: tuple[int, int, int, int] = (1, 4, 512, 512)) -> str:
         """Markdown table of parameters and multiply-adds per part; see :func:`matting.models.summary.summary`."""
-        from .summary import summary
-
         return summary(self, input_size)
 
 

@@ -1,4 +1,5 @@
-"""The authors' weight formats: official A2U/FADE matting checkpoints and inplace_abn's ImageNet ResNet-34.
+"""The authors' official A2U/FADE matting checkpoints (inplace_abn's ImageNet ResNet-34, the file the official
+training starts from, is read by :mod:`matting.models.pretrained`).
 
 The official matting network (``a2u_matting/resnet.py`` of the FADE code, built on A2U matting's code) is this
 project's ``resnet34`` network with ``model.head: official``, module for module; docs/network.md lists the
@@ -17,7 +18,6 @@ Checkpoints written by the official trainer are ``{"state_dict": {"module.<name>
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,9 @@ from torch import nn
 from matting.errors import MattingError
 from matting.upsamplers.fade import _OFFICIAL_NAMES as _FADE_NAMES
 
+from .build import build_model
+from .pretrained import INPLACE_ABN_EPS, inplace_abn_imagenet_to_torchvision, is_inplace_abn_imagenet
+
 __all__ = [
     "INPLACE_ABN_EPS",
     "OFFICIAL_UPSAMPLERS",
@@ -39,9 +42,6 @@ __all__ = [
     "official_module_names",
     "read_official_checkpoint",
 ]
-
-#: InPlace-ABN's eps: its BatchNorm scale is ``|weight| + INPLACE_ABN_EPS``.
-INPLACE_ABN_EPS = 1e-5
 
 #: Upsamplers the official matting network was built with (``MODEL.upsample`` of ``a2u_matting/decoder.py``).
 OFFICIAL_UPSAMPLERS = ("fade", "fade_lite", "bilinear")
@@ -112,11 +112,12 @@ def official_module_names(upsampler: str = "fade") -> dict[str, str]:
 
 
 def official_model_config(upsampler: str = "fade") -> dict[str, Any]:
-    """The ``model`` config section of this project's copy of the official network (no pretrained weights)."""
+    """The ``model`` config section of this project's copy of the official network (no pretrained weights, the
+    encoder options at resnet34's defaults); its keys are also :func:`build_model`'s keyword arguments."""
     if upsampler not in OFFICIAL_UPSAMPLERS:
         raise MattingError(f"official checkpoints exist for {', '.join(OFFICIAL_UPSAMPLERS)}, not {upsampler!r}")
     return {"encoder": "resnet34", "upsampler": upsampler, "upsampler_options": {}, "pretrained": None,
-            "freeze_bn": False, "head": "official", "init": "official", "options": {}}
+            "freeze_bn": False, "head": "official", "init": "official"}
 
 
 def read_official_checkpoint(source: str | os.PathLike | Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], str]:
@@ -175,8 +176,6 @@ def load_official_a2u(source: str | os.PathLike | Mapping[str, Any], upsampler: 
         MattingError (one line) naming the file and the keys that do not map, the tensors the checkpoint lacks,
         shape mismatches, or an upsampler other than the one the checkpoint holds.
     """
-    from .build import build_model
-
     config = official_model_config(upsampler)
     state, where = read_official_checkpoint(source)
     found = _detect_upsampler(state)
@@ -223,39 +222,3 @@ def _project_state(state: Mapping[str, torch.Tensor], model: nn.Module, upsample
     if wrong:
         raise MattingError(f"{where}: tensors of the wrong shape: {_listing(wrong, 2)}")
     return mapped
-
-
-# ---------------------------------------------------------------------------------- inplace_abn's ImageNet file
-
-_IMAGENET_STEM = {"mod1.conv1": "conv1", "mod1.bn1": "bn1"}
-_IMAGENET_BLOCK = re.compile(r"mod([2-5])\.block(\d+)\.(.+)")
-
-
-def is_inplace_abn_imagenet(state: Mapping[str, torch.Tensor]) -> bool:
-    """True for inplace_abn's ImageNet ResNet names (``mod1.conv1.weight``, ``mod2.block1.convs.conv1...``)."""
-    return "mod1.conv1.weight" in state and "mod2.block1.convs.conv1.weight" in state
-
-
-def inplace_abn_imagenet_to_torchvision(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """inplace_abn's ImageNet ResNet-34 (leaky ReLU, InPlace-ABN sync; the weights the official matting code
-    starts from) renamed to torchvision's ResNet names, BN scales mapped to ``|w| + 1e-5``.
-
-    ``modK.blockB`` -> ``layer{K-1}.{B-1}``; ``convs.conv1/bn1/conv2/bn2`` keep their names; ``proj_conv/proj_bn``
-    -> ``downsample.0/1``. The classifier and any other key are dropped. Input: a state dict without ``module.``.
-    """
-    out: dict[str, torch.Tensor] = {}
-    for key, value in state.items():
-        module, _, tensor = key.rpartition(".")
-        if module in _IMAGENET_STEM:
-            target = _IMAGENET_STEM[module]
-        else:
-            m = _IMAGENET_BLOCK.fullmatch(module)
-            if m is None:
-                continue
-            inner = m.group(3).removeprefix("convs.")
-            inner = {"proj_conv": "downsample.0", "proj_bn": "downsample.1"}.get(inner, inner)
-            target = f"layer{int(m.group(1)) - 1}.{int(m.group(2)) - 1}.{inner}"
-        if tensor == "weight" and value.dim() == 1:  # a BatchNorm scale (convolutions are 4-D)
-            value = value.abs() + INPLACE_ABN_EPS
-        out[f"{target}.{tensor}"] = value
-    return out

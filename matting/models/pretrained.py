@@ -24,6 +24,9 @@ from matting.errors import MattingError
 
 __all__ = [
     "IMAGENET_WEIGHTS",
+    "INPLACE_ABN_EPS",
+    "inplace_abn_imagenet_to_torchvision",
+    "is_inplace_abn_imagenet",
     "imagenet_cache_path",
     "fetch_imagenet_state_dict",
     "read_state_dict",
@@ -37,6 +40,9 @@ IMAGENET_WEIGHTS = {
 }
 
 DOWNLOAD_TIMEOUT_S = 10.0
+
+#: InPlace-ABN's eps: its BatchNorm scale is ``|weight| + INPLACE_ABN_EPS``.
+INPLACE_ABN_EPS = 1e-5
 
 
 def imagenet_cache_path(encoder: str) -> Path:
@@ -148,3 +154,39 @@ def load_encoder_weights(
         loaded[k] = src.to(dst.dtype)
     result = encoder.load_state_dict(loaded, strict=False)
     assert not result.unexpected_keys, result.unexpected_keys
+
+
+# ---------------------------------------------------------------------------------- inplace_abn's ImageNet file
+
+_IMAGENET_STEM = {"mod1.conv1": "conv1", "mod1.bn1": "bn1"}
+_IMAGENET_BLOCK = re.compile(r"mod([2-5])\.block(\d+)\.(.+)")
+
+
+def is_inplace_abn_imagenet(state: Mapping[str, torch.Tensor]) -> bool:
+    """True for inplace_abn's ImageNet ResNet names (``mod1.conv1.weight``, ``mod2.block1.convs.conv1...``)."""
+    return "mod1.conv1.weight" in state and "mod2.block1.convs.conv1.weight" in state
+
+
+def inplace_abn_imagenet_to_torchvision(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """inplace_abn's ImageNet ResNet-34 (leaky ReLU, InPlace-ABN sync; the weights the official matting code
+    starts from) renamed to torchvision's ResNet names, BN scales mapped to ``|w| + 1e-5``.
+
+    ``modK.blockB`` -> ``layer{K-1}.{B-1}``; ``convs.conv1/bn1/conv2/bn2`` keep their names; ``proj_conv/proj_bn``
+    -> ``downsample.0/1``. The classifier and any other key are dropped. Input: a state dict without ``module.``.
+    """
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        module, _, tensor = key.rpartition(".")
+        if module in _IMAGENET_STEM:
+            target = _IMAGENET_STEM[module]
+        else:
+            m = _IMAGENET_BLOCK.fullmatch(module)
+            if m is None:
+                continue
+            inner = m.group(3).removeprefix("convs.")
+            inner = {"proj_conv": "downsample.0", "proj_bn": "downsample.1"}.get(inner, inner)
+            target = f"layer{int(m.group(1)) - 1}.{int(m.group(2)) - 1}.{inner}"
+        if tensor == "weight" and value.dim() == 1:  # a BatchNorm scale (convolutions are 4-D)
+            value = value.abs() + INPLACE_ABN_EPS
+        out[f"{target}.{tensor}"] = value
+    return out

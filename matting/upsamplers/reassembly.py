@@ -59,6 +59,7 @@ import torch.nn.functional as F
 from matting.utils.flops import add_macs
 
 from .registry import check_choice, check_int, is_channels_last
+from .reassembly_common import block_sums, new_grads
 
 __all__ = [
     "carafe",
@@ -274,11 +275,6 @@ class _AddUpsampled(torch.autograd.Function):
         return grad, block_sums(grad, ctx.scale), None
 
 
-def block_sums(t: torch.Tensor, scale: int) -> torch.Tensor:
-    """(B, N, sH, sW) -> (B, N, H, W): the sum of each s x s block (the gradient of a nearest upsampling)."""
-    return t.unflatten(3, (-1, scale)).unflatten(2, (-1, scale)).sum(dim=(3, 5))
-
-
 def _shape(t: torch.Tensor | None) -> tuple | None:
     return None if t is None else tuple(t.shape)
 
@@ -392,12 +388,6 @@ def _new_output(features: torch.Tensor, scale: int, skip: torch.Tensor | None) -
     return torch.empty((b, c, scale * h, scale * w), dtype=features.dtype, device=features.device, memory_format=layout)
 
 
-def _new_grads(features, kernels, kernels_lo, skip, gate, needs) -> list[torch.Tensor]:
-    """Uninitialised gradients in their inputs' layouts; an empty tensor for an input that needs none."""
-    inputs = (features, kernels, kernels_lo, skip, gate)
-    return [torch.empty_like(t) if t is not None and need else features.new_empty(0) for t, need in zip(inputs, needs)]
-
-
 @torch.library.custom_op("matting::reassemble", mutates_args=())
 def _reassemble_op(
     features: torch.Tensor,
@@ -444,7 +434,7 @@ def _reassemble_backward_op(
 
 @_reassemble_backward_op.register_fake
 def _(grad_out, features, kernels, kernels_lo, skip, gate, kernel_size, scale, softmax, gate_lo, impl, needs):
-    return tuple(_new_grads(features, kernels, kernels_lo, skip, gate, needs))
+    return tuple(new_grads(features, kernels, kernels_lo, skip, gate, needs))
 
 
 def _setup_context(ctx, inputs, output) -> None:
@@ -595,7 +585,7 @@ def _lean_backward(needs, grad_out, features, kernels, kernels_lo, skip, gate, k
     k2 = kernel_size * kernel_size
     acc_dtype = _acc_dtype(features.dtype)
     need_features, need_kernels, need_lo, need_skip, need_gate = needs
-    grads = _new_grads(features, kernels, kernels_lo, skip, gate, [False, *needs[1:]])
+    grads = new_grads(features, kernels, kernels_lo, skip, gate, [False, *needs[1:]])
     _, grad_kernels, grad_lo, grad_skip, grad_gate = grads
     need_ker = need_kernels or need_lo
     gated = skip is not None

@@ -27,7 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .reassembly import _new_grads, block_sums
+from .reassembly_common import block_sums, new_grads
 
 __all__ = ["forward", "backward", "interpreting", "BLOCKS"]
 
@@ -316,7 +316,7 @@ def backward(needs, grad_out, features, kernels, kernels_lo, skip, gate, kernel_
     n_pixels = oh * ow
     gated = skip is not None
     gate_c = gated and gate.shape[1] > 1
-    grads = _new_grads(features, kernels, kernels_lo, skip, gate, needs)
+    grads = new_grads(features, kernels, kernels_lo, skip, gate, needs)
     grad_features, grad_kernels, grad_lo, grad_skip, grad_gate = grads
     need_l = need_kernels or need_lo
     need_g = gated and need_gate
