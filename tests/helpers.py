@@ -94,31 +94,31 @@ def reassembly_inputs(mode, b, c, h, w, k, s, gate_channels=1, dtype=torch.float
     return [features, kernels, randn(b, k * k, h, w), skip, randn(b, gate_channels, h, w)]
 
 
-def call_reassembly(mode, inputs, k, s, impl, softmax=True):
+def call_reassembly(mode, inputs, k, s, impl, logits=True):
     """The entry point of ``mode`` on ``inputs`` (see reassembly_inputs)."""
     from matting.upsamplers.reassembly import carafe, fade_carafe, gated_carafe
 
     if mode == "carafe":
-        return carafe(*inputs, k, s, impl=impl, softmax=softmax)
+        return carafe(*inputs, k, s, impl=impl, logits=logits)
     if mode == "gated":
         features, kernels, skip, gate = inputs
-        return gated_carafe(features, kernels, k, s, skip, gate, impl=impl, softmax=softmax)
+        return gated_carafe(features, kernels, k, s, skip, gate, impl=impl, logits=logits)
     return fade_carafe(*inputs, k, s, impl=impl)
 
 
-def reassembly_results(mode, inputs, k, s, impl, grad, softmax=True):
+def reassembly_results(mode, inputs, k, s, impl, grad, logits=True):
     """[output, gradient of each input] for the output gradient ``grad``."""
     leaves = [t.detach().clone().requires_grad_() for t in inputs]
-    out = call_reassembly(mode, leaves, k, s, impl, softmax)
+    out = call_reassembly(mode, leaves, k, s, impl, logits)
     out.backward(grad)
     return [out.detach()] + [t.grad for t in leaves]
 
 
-def reassembly_op_args(mode, inputs, k, s, impl, softmax=True):
+def reassembly_op_args(mode, inputs, k, s, impl, logits=True):
     """Positional arguments of matting::reassemble for the entry point ``mode`` (all tensors one dtype)."""
     features, kernels, *rest = inputs
     if mode == "carafe":
-        return (features, kernels, None, None, None, k, s, softmax, False, impl)
+        return (features, kernels, None, None, None, k, s, logits, False, impl)
     if mode == "gated":
-        return (features, kernels, None, *rest, k, s, softmax, False, impl)
+        return (features, kernels, None, *rest, k, s, logits, False, impl)
     return (features, kernels, *rest, k, s, True, True, impl)

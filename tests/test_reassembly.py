@@ -71,7 +71,7 @@ def test_lean_equals_reference_in_values_and_gradients(shape, band_bytes, softma
     results = []
     for impl in ("lean", "reference"):
         f, kk = features.clone().requires_grad_(), kernels.clone().requires_grad_()
-        out = carafe(f, kk, k, s, impl=impl, softmax=softmax)
+        out = carafe(f, kk, k, s, impl=impl, logits=softmax)
         out.backward(grad)
         results.append((out, f.grad, kk.grad))
     for lean, ref in zip(*results):
@@ -93,7 +93,7 @@ def test_gated_lean_equals_reference(shape, gate_channels, band_bytes, softmax, 
     results = []
     for impl in ("lean", "reference"):
         inputs = [t.clone().requires_grad_() for t in (features, kernels, skip, gate)]
-        out = gated_carafe(inputs[0], inputs[1], k, s, inputs[2], inputs[3], impl=impl, softmax=softmax)
+        out = gated_carafe(inputs[0], inputs[1], k, s, inputs[2], inputs[3], impl=impl, logits=softmax)
         out.backward(grad)
         results.append([out] + [t.grad for t in inputs])
     for lean, ref in zip(*results):
@@ -107,7 +107,7 @@ def test_gated_lean_gradcheck_and_exact_ends():
     gate = torch.rand(2, 1, 6, 8, dtype=torch.float64)
     inputs = tuple(t.clone().requires_grad_() for t in (features, kernels, skip, gate))
     assert torch.autograd.gradcheck(lambda f, k, sk, g: gated_carafe(f, k, 3, 2, sk, g), inputs)
-    assert torch.autograd.gradcheck(lambda f, k, sk, g: gated_carafe(f, k, 3, 2, sk, g, softmax=True), inputs)
+    assert torch.autograd.gradcheck(lambda f, k, sk, g: gated_carafe(f, k, 3, 2, sk, g, logits=True), inputs)
     assert torch.equal(gated_carafe(features, kernels, 3, 2, skip, torch.ones_like(gate)), skip)
     reassembled = carafe(features, kernels, 3, 2)
     assert torch.equal(gated_carafe(features, kernels, 3, 2, skip, torch.zeros_like(gate)), reassembled)
@@ -161,9 +161,9 @@ def test_strided_inputs_and_expanded_gradient():
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2), (torch.float16, 4e-3)])
 def test_low_precision_dtypes(dtype, tol, softmax):
     features, kernels = _random_inputs(2, 4, 5, 6, 5, 2)
-    expected = carafe(features, kernels, 5, 2, impl="reference", softmax=softmax)
+    expected = carafe(features, kernels, 5, 2, impl="reference", logits=softmax)
     f, k = features.to(dtype).requires_grad_(), kernels.to(dtype).requires_grad_()
-    out = carafe(f, k, 5, 2, softmax=softmax)
+    out = carafe(f, k, 5, 2, logits=softmax)
     out.sum().backward()
     assert out.dtype == f.grad.dtype == k.grad.dtype == dtype
     torch.testing.assert_close(out.double(), expected, rtol=tol, atol=tol)
@@ -291,7 +291,7 @@ def test_fade_carafe_is_the_formula_and_gradchecks():
     inputs = tuple(t.clone().requires_grad_() for t in (features, logits, logits_lo, skip, gate_lo))
     assert torch.autograd.gradcheck(lambda *a: fade_carafe(*a, 3, 2), inputs)
     # Gate logits of -1e4 / +1e4: sigmoid is exactly 0 / 1, and the op gives the reassembly / skip exactly.
-    reassembled = carafe(features, logits + F.interpolate(logits_lo, scale_factor=2), 3, 2, softmax=True)
+    reassembled = carafe(features, logits + F.interpolate(logits_lo, scale_factor=2), 3, 2, logits=True)
     assert torch.equal(fade_carafe(features, logits, logits_lo, skip, torch.full_like(gate_lo, -1e4), 3, 2),
                        reassembled)
     assert torch.equal(fade_carafe(features, logits, logits_lo, skip, torch.full_like(gate_lo, 1e4), 3, 2), skip)
@@ -304,12 +304,27 @@ def test_channels_last_and_contiguous_inputs_agree(mode):
     nchw = reassembly_results(mode, inputs, 5, 2, "lean", grad)
     cl = [t.contiguous(memory_format=torch.channels_last) for t in inputs]
     got = reassembly_results(mode, cl, 5, 2, "lean", grad.contiguous(memory_format=torch.channels_last))
-    # The output follows skip's layout (NCHW without skip); each gradient its input's.
-    assert got[0].is_contiguous(memory_format=torch.channels_last) == (mode != "carafe")
+    # The output follows the features' layout, as torch's upsampling ops do; each gradient its input's.
+    assert got[0].is_contiguous(memory_format=torch.channels_last) and not got[0].is_contiguous()
     for g, t in zip(got[1:], cl):
         assert g.stride() == t.stride()
     for a, b in zip(got, nchw):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+    # NCHW features with channels-last full-resolution operands: an NCHW output, the same values.
+    mixed = [inputs[0], *cl[1:]]
+    got = reassembly_results(mode, mixed, 5, 2, "lean", grad)
+    assert got[0].is_contiguous()
+    for a, b in zip(got, nchw):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
+def test_the_former_softmax_keyword_still_works_with_a_warning():
+    features, logits = reassembly_inputs("carafe", 1, 2, 3, 4, 3, 2, seed=5)
+    want = carafe(features, logits, 3, 2, logits=True)
+    with pytest.warns(FutureWarning, match="now logits"):
+        got = carafe(features, logits, 3, 2, softmax=True)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    assert not torch.allclose(carafe(features, logits, 3, 2), want)  # logits=False: the kernels as they are
 
 
 @pytest.mark.parametrize("impl", ["lean", "reference"])

@@ -67,4 +67,4 @@ class CARAFE(Upsampler):
 
     def upsample(self, en: torch.Tensor | None, de: torch.Tensor) -> torch.Tensor:
         logits = self.kernel_logits(de)
-        return carafe(de, logits, self.up_kernel_size, self.scale, softmax=True)
+        return carafe(de, logits, self.up_kernel_size, self.scale, logits=True)

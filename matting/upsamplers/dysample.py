@@ -41,7 +41,7 @@ from torch import nn
 from matting.errors import MattingError
 from matting.utils.flops import add_macs
 
-from .registry import Upsampler, UpsamplerConfigError, check_choice, check_int, register_upsampler
+from .registry import Upsampler, UpsamplerConfigError, check_choice, check_int, in_layout_of, register_upsampler
 
 __all__ = ["DySample", "convert_dysample_state_dict"]
 
@@ -157,7 +157,7 @@ class DySample(Upsampler):
         # sampled in float32.
         src = de.reshape(b * g, c // g, h, w).to(grid.dtype)
         out = F.grid_sample(src, grid, mode="bilinear", padding_mode="border", align_corners=False)
-        return out.view(b, c, s * h, s * w).to(de.dtype)
+        return in_layout_of(out.view(b, c, s * h, s * w).to(de.dtype), de)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing, unexpected, errors):
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing, unexpected, errors)

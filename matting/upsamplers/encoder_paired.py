@@ -19,7 +19,7 @@ from torch import nn
 from matting.utils.flops import add_macs
 
 from .reassembly import OBSOLETE_OPTIONS, carafe
-from .registry import Upsampler, UpsamplerConfigError, check_choice, check_int, register_upsampler
+from .registry import Upsampler, UpsamplerConfigError, check_choice, check_int, in_layout_of, register_upsampler
 
 __all__ = ["A2U", "IndexNetUpsampler"]
 
@@ -109,7 +109,7 @@ class A2U(Upsampler):
 
     def upsample(self, en: torch.Tensor, de: torch.Tensor) -> torch.Tensor:
         logits = self.kernel_logits(en)
-        return carafe(de, logits, self.up_kernel_size, 2, softmax=True)
+        return carafe(de, logits, self.up_kernel_size, 2, logits=True)
 
 
 @register_upsampler("indexnet")
@@ -172,4 +172,4 @@ class IndexNetUpsampler(Upsampler):
         return F.pixel_shuffle(torch.sigmoid(logits), s)
 
     def upsample(self, en: torch.Tensor, de: torch.Tensor) -> torch.Tensor:
-        return self.index(en) * F.interpolate(de, scale_factor=self.scale, mode="nearest")
+        return in_layout_of(self.index(en) * F.interpolate(de, scale_factor=self.scale, mode="nearest"), de)

@@ -40,7 +40,7 @@ Dtype and layout contract (all entry points, all implementations):
   ``upsample_nearest2d`` and ``sigmoid`` give float32 next to float16 features). Gradients flow back through
   the casts in each input's own dtype;
 - sums and the softmax are computed in float32 for float16/bfloat16 (float64 stays float64);
-- the output has the features' dtype; it is channels-last when ``skip`` is, else NCHW;
+- the output has the features' dtype and layout (channels-last or NCHW), as torch's upsampling ops do;
 - any dense layout (NCHW or channels-last) is accepted for every input; other strides are copied first.
 
 The export hook: inside ``with plain_ops():`` ``impl="auto"`` gives the reference formulation and the other
@@ -167,24 +167,28 @@ def carafe(
     kernel_size: int,
     scale: int,
     impl: str = "auto",
-    softmax: bool = False,
+    logits: bool = False,
+    *,
+    softmax: bool | None = None,
 ) -> torch.Tensor:
     """Reassembles ``features`` with per-pixel kernels.
 
     Args:
         features: (B, C, H, W) float tensor.
         kernels: (B, K*K, s*H, s*W) float, on the same device: kernels (e.g. softmax-normalised over dim 1),
-            or logits with ``softmax``; channel k = (i + r) * K + (j + r) weights the source offset (i, j).
+            or logits with ``logits=True``; channel k = (i + r) * K + (j + r) weights the source offset (i, j).
         kernel_size: K, odd.
         scale: s, a positive int.
         impl: "auto" (default), "lean", "triton" or "reference"; see the module docstring.
-        softmax: the kernels are logits: normalise them with a softmax over dim 1 first (inside the op, which
-            never stores the normalised kernels).
+        logits: the kernels are logits: the op normalises them with a softmax over dim 1 first (and never
+            stores the normalised kernels).
+        softmax: the former name of ``logits``, kept for one release (a FutureWarning).
 
     Returns:
         (B, C, s*H, s*W) tensor of ``features``' dtype (the dtype and layout contract of the module docstring).
     """
-    return _reassemble("carafe", features, kernels, None, None, None, kernel_size, scale, softmax, False, impl)
+    logits = _logits_flag("carafe", logits, softmax)
+    return _reassemble("carafe", features, kernels, None, None, None, kernel_size, scale, logits, False, impl)
 
 
 def gated_carafe(
@@ -195,12 +199,14 @@ def gated_carafe(
     skip: torch.Tensor,
     gate: torch.Tensor,
     impl: str = "auto",
-    softmax: bool = False,
+    logits: bool = False,
+    *,
+    softmax: bool | None = None,
 ) -> torch.Tensor:
     """``gate * skip + (1 - gate) * carafe(features, kernels, kernel_size, scale)`` in one pass.
 
     Args:
-        features, kernels, kernel_size, scale, impl, softmax: as in :func:`carafe`.
+        features, kernels, kernel_size, scale, impl, logits, softmax: as in :func:`carafe`.
         skip: (B, C, s*H, s*W), the tensor the gate lets through (FADE's ``en``).
         gate: (B, 1, s*H, s*W) or (B, C, s*H, s*W), usually in [0, 1]. The op computes
             ``torch.lerp(carafe(...), skip, gate)``, so gate 0 gives the reassembly and gate 1 gives ``skip``
@@ -209,7 +215,17 @@ def gated_carafe(
     Returns:
         (B, C, s*H, s*W) of ``features``' dtype.
     """
-    return _reassemble("gated_carafe", features, kernels, None, skip, gate, kernel_size, scale, softmax, False, impl)
+    logits = _logits_flag("gated_carafe", logits, softmax)
+    return _reassemble("gated_carafe", features, kernels, None, skip, gate, kernel_size, scale, logits, False, impl)
+
+
+def _logits_flag(owner: str, logits: bool, softmax: bool | None) -> bool:
+    """``logits``, or the deprecated ``softmax`` keyword that meant the same."""
+    if softmax is None:
+        return logits
+    warnings.warn(f"{owner}(..., softmax=...) is now logits=...; softmax will be removed", FutureWarning,
+                  stacklevel=3)
+    return softmax
 
 
 def fade_carafe(
@@ -321,7 +337,7 @@ def _check(owner, features, kernels, kernels_lo, skip, gate, kernel_size, scale,
         )
 
 
-def _dense(t: torch.Tensor | None) -> torch.Tensor | None:
+def _dense_layout(t: torch.Tensor | None) -> torch.Tensor | None:
     """``t`` if it is dense in the NCHW or the channels-last layout, else an NCHW copy. Both implementations
     read any dense layout; converting a channels-last network's tensors to NCHW would cost more than the op."""
     return t if t is None or t.is_contiguous() or is_channels_last(t) else t.contiguous()
@@ -339,12 +355,8 @@ def _reassemble(owner, features, kernels, kernels_lo, skip, gate, kernel_size, s
     impl = resolve_impl(impl, features.device)
     if impl == "reference":
         return _reference(features, kernels, kernels_lo, skip, gate, kernel_size, scale, softmax, gate_lo)
-    # The lean op's shifted-window multiply-adds run fastest on NCHW features (a quarter of the output's size).
-    features = features.contiguous() if impl == "lean" else _dense(features)
-    return _reassemble_op(
-        features, _dense(kernels), _dense(kernels_lo), _dense(skip), _dense(gate),
-        kernel_size, scale, softmax, gate_lo, impl,
-    )
+    tensors = (_dense_layout(t) for t in (features, kernels, kernels_lo, skip, gate))
+    return _reassemble_op(*tensors, kernel_size, scale, softmax, gate_lo, impl)
 
 
 def _reference(features, kernels, kernels_lo, skip, gate, kernel_size, scale, softmax, gate_lo) -> torch.Tensor:
@@ -380,11 +392,11 @@ def carafe_reference(features: torch.Tensor, kernels: torch.Tensor, kernel_size:
 #   impl: "lean" or "triton" (resolved by resolve_impl before the call).
 
 
-def _new_output(features: torch.Tensor, scale: int, skip: torch.Tensor | None) -> torch.Tensor:
-    """Uninitialised (B, C, s*H, s*W) output in the skip feature's layout (channels-last in a channels-last
-    network), else NCHW; every implementation and the fake kernel allocate it alike."""
+def _new_output(features: torch.Tensor, scale: int) -> torch.Tensor:
+    """Uninitialised (B, C, s*H, s*W) output in the features' layout (channels-last in a channels-last network,
+    else NCHW), as torch's own upsampling ops do. Every implementation and the fake kernel allocate it alike."""
     b, c, h, w = features.shape
-    layout = torch.channels_last if skip is not None and is_channels_last(skip) else torch.contiguous_format
+    layout = torch.channels_last if is_channels_last(features) else torch.contiguous_format
     return torch.empty((b, c, scale * h, scale * w), dtype=features.dtype, device=features.device, memory_format=layout)
 
 
@@ -401,7 +413,7 @@ def _reassemble_op(
     gate_lo: bool,
     impl: str,
 ) -> torch.Tensor:
-    out = _new_output(features, scale, skip)
+    out = _new_output(features, scale)
     run = _triton_module().forward if impl == "triton" else _lean_forward
     run(out, features, kernels, kernels_lo, skip, gate, kernel_size, scale, softmax, gate_lo)
     return out
@@ -409,7 +421,7 @@ def _reassemble_op(
 
 @_reassemble_op.register_fake
 def _(features, kernels, kernels_lo, skip, gate, kernel_size, scale, softmax, gate_lo, impl):
-    return _new_output(features, scale, skip)
+    return _new_output(features, scale)
 
 
 @torch.library.custom_op("matting::reassemble_backward", mutates_args=())
@@ -425,16 +437,17 @@ def _reassemble_backward_op(
     softmax: bool,
     gate_lo: bool,
     impl: str,
-    needs: list[bool],
+    needs_grad: list[bool],
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Gradients of features, kernels, kernels_lo, skip and gate (an empty tensor where ``needs`` is False)."""
+    """Gradients of features, kernels, kernels_lo, skip, gate (an empty tensor where ``needs_grad`` is False)."""
     run = _triton_module().backward if impl == "triton" else _lean_backward
-    return tuple(run(needs, grad_out, features, kernels, kernels_lo, skip, gate, kernel_size, scale, softmax, gate_lo))
+    return tuple(run(needs_grad, grad_out, features, kernels, kernels_lo, skip, gate, kernel_size, scale, softmax,
+                     gate_lo))
 
 
 @_reassemble_backward_op.register_fake
-def _(grad_out, features, kernels, kernels_lo, skip, gate, kernel_size, scale, softmax, gate_lo, impl, needs):
-    return tuple(new_grads(features, kernels, kernels_lo, skip, gate, needs))
+def _(grad_out, features, kernels, kernels_lo, skip, gate, kernel_size, scale, softmax, gate_lo, impl, needs_grad):
+    return tuple(new_grads(features, kernels, kernels_lo, skip, gate, needs_grad))
 
 
 def _setup_context(ctx, inputs, output) -> None:
@@ -446,11 +459,11 @@ def _setup_context(ctx, inputs, output) -> None:
 def _backward(ctx, grad_out):
     features, kernels, kernels_lo, skip, gate = ctx.saved_tensors
     kernel_size, scale, softmax, gate_lo, impl = ctx.args
-    needs = [bool(ctx.needs_input_grad[i]) for i in range(5)]
+    needs_grad = [bool(ctx.needs_input_grad[i]) for i in range(5)]
     grads = _reassemble_backward_op(
-        grad_out, features, kernels, kernels_lo, skip, gate, kernel_size, scale, softmax, gate_lo, impl, needs
+        grad_out, features, kernels, kernels_lo, skip, gate, kernel_size, scale, softmax, gate_lo, impl, needs_grad
     )
-    return (*(g if need else None for g, need in zip(grads, needs)), None, None, None, None, None)
+    return (*(g if need else None for g, need in zip(grads, needs_grad)), None, None, None, None, None)
 
 
 _reassemble_op.register_autograd(_backward, setup_context=_setup_context)
@@ -566,6 +579,8 @@ def _accumulate(acc, features, ker, y0, y1, kernel_size) -> None:
 
 
 def _lean_forward(out, features, kernels, kernels_lo, skip, gate, kernel_size, scale, softmax, gate_lo) -> None:
+    # The shifted-window multiply-adds run fastest on NCHW features (a quarter of the output's size).
+    features = features.contiguous()
     b, c, h, w = features.shape
     acc_dtype = _acc_dtype(features.dtype)
     buf = _Buffers(features, scale)
@@ -580,16 +595,20 @@ def _lean_forward(out, features, kernels, kernels_lo, skip, gate, kernel_size, s
         _phases(out, y0, y1, scale).copy_(acc)
 
 
-def _lean_backward(needs, grad_out, features, kernels, kernels_lo, skip, gate, kernel_size, scale, softmax, gate_lo):
+def _lean_backward(
+    needs_grad, grad_out, features, kernels, kernels_lo, skip, gate, kernel_size, scale, softmax, gate_lo
+):
+    layout = torch.channels_last if is_channels_last(features) else torch.contiguous_format
+    features = features.contiguous()  # as in the forward
     b, c, h, w = features.shape
     k2 = kernel_size * kernel_size
     acc_dtype = _acc_dtype(features.dtype)
-    need_features, need_kernels, need_lo, need_skip, need_gate = needs
-    grads = new_grads(features, kernels, kernels_lo, skip, gate, [False, *needs[1:]])
+    need_features, need_kernels, need_lo, need_skip, need_gate = needs_grad
+    grads = new_grads(features, kernels, kernels_lo, skip, gate, [False, *needs_grad[1:]])
     _, grad_kernels, grad_lo, grad_skip, grad_gate = grads
     need_ker = need_kernels or need_lo
     gated = skip is not None
-    # Accumulated in place (in the features' layout); for float32/float64 it is the returned gradient itself.
+    # Accumulated in place, NCHW; for float32/float64 and NCHW features it is the returned gradient itself.
     grad_acc = torch.zeros_like(features, dtype=acc_dtype) if need_features else None
     buf = _Buffers(features, scale)
     for y0 in range(0, h, buf.rows):
@@ -625,8 +644,8 @@ def _lean_backward(needs, grad_out, features, kernels, kernels_lo, skip, gate, k
                 _phases(grad_kernels, y0, y1, scale).copy_(grad_ker)
             if need_lo:  # each input-resolution logit feeds the s*s output pixels of its block
                 grad_lo[:, :, y0:y1].copy_(grad_ker.sum(dim=(1, 2)))
-    if need_features:
-        grads[0] = grad_acc if grad_acc.dtype == features.dtype else grad_acc.to(features.dtype)
+    if need_features:  # in the features' own layout, as the fake kernel promises
+        grads[0] = grad_acc.to(features.dtype, memory_format=layout)
     return grads
 
 

@@ -308,15 +308,15 @@ def _or(t: torch.Tensor | None, fallback: torch.Tensor) -> torch.Tensor:
     return fallback if t is None else t
 
 
-def backward(needs, grad_out, features, kernels, kernels_lo, skip, gate, kernel_size, scale, softmax, gate_lo):
-    """Gradients of (features, kernels, kernels_lo, skip, gate); an empty tensor where ``needs`` is False."""
-    need_features, need_kernels, need_lo, need_skip, need_gate = needs
+def backward(needs_grad, grad_out, features, kernels, kernels_lo, skip, gate, kernel_size, scale, softmax, gate_lo):
+    """Gradients of (features, kernels, kernels_lo, skip, gate); an empty tensor where ``needs_grad`` is False."""
+    need_features, need_kernels, need_lo, need_skip, need_gate = needs_grad
     b, c, h, w = features.shape
     oh, ow = scale * h, scale * w
     n_pixels = oh * ow
     gated = skip is not None
     gate_c = gated and gate.shape[1] > 1
-    grads = new_grads(features, kernels, kernels_lo, skip, gate, needs)
+    grads = new_grads(features, kernels, kernels_lo, skip, gate, needs_grad)
     grad_features, grad_kernels, grad_lo, grad_skip, grad_gate = grads
     need_l = need_kernels or need_lo
     need_g = gated and need_gate

@@ -111,11 +111,6 @@ class Upsampler(nn.Module):
         # decoder stays in one dtype, so the output has de's.
         if out.dtype != de.dtype:
             out = out.to(de.dtype)
-        # A channels-last network (``train.channels_last``, or CPU inference, where oneDNN convolutions run
-        # ~1.5x faster in that layout) stays channels-last: the custom ops work in NCHW, and an NCHW output
-        # would make every following convolution convert its input back.
-        if is_channels_last(de) and not is_channels_last(out):
-            out = out.contiguous(memory_format=torch.channels_last)
         return out
 
     def upsample(self, en: torch.Tensor | None, de: torch.Tensor) -> torch.Tensor:
@@ -125,6 +120,14 @@ class Upsampler(nn.Module):
 def is_channels_last(t: torch.Tensor) -> bool:
     """True for a 4-D tensor laid out channels-last (and not also plainly contiguous, as when H = W = 1)."""
     return t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+
+
+def in_layout_of(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``t`` in ``like``'s memory layout (channels-last or NCHW); a copy only when the two differ. For
+    upsamplers whose last op (``grid_sample``, a broadcast product) does not keep the input's layout, so that
+    every upsampler's output is laid out as its ``de``, as torch's upsampling ops do."""
+    fmt = torch.channels_last if is_channels_last(like) else torch.contiguous_format
+    return t if t.is_contiguous(memory_format=fmt) else t.contiguous(memory_format=fmt)
 
 
 UPSAMPLERS: dict[str, type[Upsampler]] = {}

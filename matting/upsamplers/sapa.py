@@ -281,7 +281,7 @@ class _SAPABase(Upsampler):
         return torch.softmax(self.kernel_logits(en, de), dim=1)
 
     def upsample(self, en: torch.Tensor, de: torch.Tensor) -> torch.Tensor:
-        return carafe(de, self.kernel_logits(en, de), self.up_kernel_size, self.scale, softmax=True)
+        return carafe(de, self.kernel_logits(en, de), self.up_kernel_size, self.scale, logits=True)
 
 
 @register_upsampler("sapa")
