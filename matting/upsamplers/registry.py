@@ -6,7 +6,7 @@ Every upsampler is called as ``up(en, de)``:
   those upsamplers also accept ``en=None``); an upsampler may accept another width (``encoder_channels``,
   e.g. SAPA's ``dim_y``),
 - ``de``: (B, C, H, W) decoder feature to upsample,
-- returns (B, C, sH, sW), same dtype (also under autocast) and device as ``de``.
+- returns (B, C, sH, sW), same dtype (also under autocast), device and memory layout as ``de``.
 """
 
 from __future__ import annotations
