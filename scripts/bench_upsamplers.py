@@ -40,6 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from matting.errors import MattingError, cli  # noqa: E402
+from matting.utils import bench_docs  # noqa: E402
 
 FADE_REFERENCE = "fade (unfold reference)"
 SAPA_REFERENCE = "sapa (unfold reference)"
@@ -258,6 +259,7 @@ def _parse(argv):
                    help="skip unfold-reference cases predicted to need more than this")
     p.add_argument("--case-timeout", type=float, default=1800.0, help="seconds before a case is abandoned")
     p.add_argument("--list", action="store_true", help="print the row names and exit")
+    bench_docs.add_argument(p, "the table (section 'upsamplers', or 'upsamplers-cuda')")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -290,41 +292,56 @@ def main(argv=None) -> int:
         if d == "cuda" and not torch.cuda.is_available():
             raise MattingError("--devices: cuda requested but torch.cuda.is_available() is False")
 
-    budget = args.memory_budget_gb * 2**30
     for device in devices:
-        threads = args.threads or torch.get_num_threads()
-        where = f"CPU, {threads} threads" if device == "cpu" else torch.cuda.get_device_name()
-        print(f"\n### {where}, batch 1, fp32, min of {args.repeats} runs\n")
-        print(
-            "| upsampler | C | output | params | MACs (fwd) | fwd | fwd+bwd "
-            "| peak extra mem, fwd | peak extra mem, fwd+bwd |"
-        )
-        print("|---|---|---|---|---|---|---|---|---|")
-        for size in args.sizes:
-            for channels in args.channels:
-                for name in rows:
-                    head = f"| {name} | {channels} | {size}x{size} |"
-                    if name == OP_TRITON and device != "cuda":
-                        print(f"{head} CUDA only | | | | | | |", flush=True)
-                        continue
-                    estimate = _estimate_bytes(name, channels, size)
-                    if estimate is not None and estimate > budget:
-                        note = f"skipped: needs ~{_fmt_mem(estimate)} > --memory-budget-gb {args.memory_budget_gb:g}"
-                        print(f"{head} {note} | | | | | | |", flush=True)
-                        continue
-                    case = dict(name=name, channels=channels, size=size, device=device,
-                                repeats=args.repeats, threads=args.threads)
-                    r = _run_case(case, args.case_timeout)
-                    if "error" in r:
-                        print(f"{head} failed: {r['error']} | | | | | | |", flush=True)
-                        continue
-                    print(
-                        f"{head} {_fmt_count(r['params'])} | {_fmt_count(r['macs'])} | {_fmt_time(r['fwd_s'])} | "
-                        f"{_fmt_time(r['train_s'])} | {_fmt_mem(r['peak_fwd_bytes'])} | "
-                        f"{_fmt_mem(r['peak_train_bytes'])} |",
-                        flush=True,
-                    )
+        section = "upsamplers" if device == "cpu" else "upsamplers-cuda"
+        try:
+            bench_docs.measure_and_write(args.write_docs, section, "python scripts/bench_upsamplers.py",
+                                         sys.argv[1:] if argv is None else argv,
+                                         lambda: measure(args, device, rows))
+        except bench_docs.DocsSectionError as exc:
+            raise MattingError(str(exc)) from None
     return 0
+
+
+def measure(args: argparse.Namespace, device: str, rows: list[str]) -> str:
+    """Runs every (size, channels, row) case on ``device``; prints the table line by line and returns it."""
+    import torch
+
+    lines: list[str] = []
+
+    def emit(line: str) -> None:
+        print(line, flush=True)
+        lines.append(line)
+
+    budget = args.memory_budget_gb * 2**30
+    threads = args.threads or torch.get_num_threads()
+    where = f"CPU, {threads} threads" if device == "cpu" else torch.cuda.get_device_name()
+    emit(f"{where}, batch 1, fp32, min of {args.repeats} runs\n")
+    emit("| upsampler | C | output | params | MACs (fwd) | fwd | fwd+bwd "
+         "| peak extra mem, fwd | peak extra mem, fwd+bwd |")
+    emit("|---|---|---|---|---|---|---|---|---|")
+    for size in args.sizes:
+        for channels in args.channels:
+            for name in rows:
+                head = f"| {name} | {channels} | {size}x{size} |"
+                if name == OP_TRITON and device != "cuda":
+                    emit(f"{head} CUDA only | | | | | | |")
+                    continue
+                estimate = _estimate_bytes(name, channels, size)
+                if estimate is not None and estimate > budget:
+                    note = f"skipped: needs ~{_fmt_mem(estimate)} > --memory-budget-gb {args.memory_budget_gb:g}"
+                    emit(f"{head} {note} | | | | | | |")
+                    continue
+                case = dict(name=name, channels=channels, size=size, device=device,
+                            repeats=args.repeats, threads=args.threads)
+                r = _run_case(case, args.case_timeout)
+                if "error" in r:
+                    emit(f"{head} failed: {r['error']} | | | | | | |")
+                    continue
+                emit(f"{head} {_fmt_count(r['params'])} | {_fmt_count(r['macs'])} | {_fmt_time(r['fwd_s'])} | "
+                     f"{_fmt_time(r['train_s'])} | {_fmt_mem(r['peak_fwd_bytes'])} | "
+                     f"{_fmt_mem(r['peak_train_bytes'])} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
