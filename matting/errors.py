@@ -37,14 +37,25 @@ def cli(main: Callable[..., int | None]) -> Callable[..., int]:
             try:
                 code = main(*args, **kwargs)
             except MattingError as exc:
-                print(f"error: {exc}", file=sys.stderr)
+                say(f"error: {exc}")
                 return 2
             except KeyboardInterrupt:
-                print("interrupted", file=sys.stderr)
+                say("interrupted")
                 return 130
         return int(code or 0)
 
     return wrapper
+
+
+def say(line: str, file=None) -> None:
+    """Writes ``line`` and its newline to ``file`` (default stderr) in one call, then flushes.
+
+    ``print`` writes the text and the newline separately; under torchrun every rank shares one stderr pipe, and
+    with unbuffered streams two ranks' messages then interleave mid-line. One write of a short line is atomic.
+    """
+    file = file or sys.stderr
+    file.write(line + "\n")
+    file.flush()
 
 
 def _one_line_warnings(show: Callable) -> Callable:
@@ -52,7 +63,7 @@ def _one_line_warnings(show: Callable) -> Callable:
 
     def showwarning(message, category, filename, lineno, file=None, line=None):
         if issubclass(category, MattingWarning):
-            print(f"warning: {message}", file=file or sys.stderr)
+            say(f"warning: {message}", file)
         else:
             show(message, category, filename, lineno, file, line)
 
