@@ -26,6 +26,7 @@ from typing import Any
 import torch
 import yaml
 
+from matting.data.augment import make_augment_config
 from matting.errors import MattingError, cli
 from matting.losses import LOSSES
 from matting.models import ENCODER_OPTIONS, EncoderOptions, OptionError, encoder_options, model_from_config
@@ -66,7 +67,8 @@ class DataConfig:
     )
     preset: str = doc_field("indexnet", "augmentation recipe", ("indexnet", "gca", "a2u"))
     augment: dict = doc_field(
-        {}, "overrides of the preset's fields (matting.data.augment.AugmentConfig), e.g. {crop_size: 160}"
+        {}, "overrides of the preset's fields (docs/data.md; AugmentConfig, or A2UConfig for a2u), e.g. "
+        "{crop_size: 160}"
     )
     samples_per_epoch: int | None = doc_field(
         None, "samples in one data epoch; null: 100 per foreground as in the paper"
@@ -92,7 +94,10 @@ class TrainConfig:
     iterations: int = doc_field(180000, "optimisation steps in total")
     batch_size: int = doc_field(16, "samples per step, summed over all processes")
     optimizer: str = doc_field("adam", "optimiser", ("adam", "adamw", "sgd"))
-    lr: float = doc_field(0.01, "learning rate of the decoder, context module, skips, upsamplers and head")
+    lr: float = doc_field(
+        0.01, "base learning rate: of the decoder, context, upsamplers and head with encoder_decoder; with a list "
+        "of rules, what each rule's factor multiplies"
+    )
     encoder_lr_mult: float = doc_field(
         0.01, "with lr_groups encoder_decoder: encoder learning rate = lr x this (the recipes: 1e-4)"
     )
@@ -309,11 +314,6 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     return cfg
 
 
-def config_from_dict(data: dict[str, Any], where: str = "checkpoint config") -> Config:
-    """Validates a plain dict (e.g. the config stored in a checkpoint) into a :class:`Config`."""
-    return _build(Config, data, where)
-
-
 def model_config_from_dict(data: dict[str, Any], where: str = "checkpoint config") -> ModelConfig:
     """Validates a stored ``model`` section (a checkpoint's) into a :class:`ModelConfig`.
 
@@ -393,7 +393,7 @@ def _check_consistency(cfg: Config, where: str) -> None:
     t = cfg.train
     if t.iterations <= 0 or t.batch_size <= 0:
         raise MattingError(f"{where}: 'train.iterations' and 'train.batch_size' must be positive")
-    if any(not isinstance(m, int) or m <= 0 for m in t.milestones):
+    if any(not isinstance(m, int) or isinstance(m, bool) or m <= 0 for m in t.milestones):
         raise MattingError(f"{where}: 'train.milestones' must be positive iteration numbers, got {t.milestones}")
     if len(t.betas) != 2:
         raise MattingError(f"{where}: 'train.betas' must be two numbers, got {t.betas}")
@@ -411,12 +411,22 @@ def _check_consistency(cfg: Config, where: str) -> None:
         )
     if t.test_every is not None and t.test_every <= 0:
         raise MattingError(f"{where}: 'train.test_every' must be a positive number of iterations or null")
-    _check_lr_groups(cfg, where)
+    try:
+        make_augment_config(cfg.data.preset, **cfg.data.augment)
+    except MattingError as exc:
+        raise MattingError(f"{where}: 'data': {exc}") from None
+    # The network is built (on the meta device) for every config, so that a bad encoder or upsampler option
+    # fails here, not after the data set-up.
+    try:
+        names = _trainable_names(json.dumps(cfg.to_dict()["model"], sort_keys=True))
+    except MattingError as exc:
+        raise MattingError(f"{where}: 'model': {exc}") from None
+    _check_lr_groups(cfg, names, where)
 
 
-def _check_lr_groups(cfg: Config, where: str) -> None:
-    """``train.lr_groups``: a known name, or rules that between them take every trainable parameter of the
-    configured network, each rule at least one."""
+def _check_lr_groups(cfg: Config, names: tuple[str, ...], where: str) -> None:
+    """``train.lr_groups``: a known name, or rules that between them take every trainable parameter (``names``)
+    of the configured network, each rule at least one."""
     value = cfg.train.lr_groups
     if isinstance(value, str):
         if value not in LR_GROUP_CHOICES:
@@ -428,10 +438,6 @@ def _check_lr_groups(cfg: Config, where: str) -> None:
         rules = parse_lr_rules(value)
     except ValueError as exc:
         raise MattingError(f"{where}: 'train.lr_groups' {exc}") from None
-    try:
-        names = _trainable_names(json.dumps(cfg.to_dict()["model"], sort_keys=True))
-    except MattingError as exc:
-        raise MattingError(f"{where}: 'model': {exc}") from None
     try:
         match_lr_rules(list(names), rules)
     except ValueError as exc:

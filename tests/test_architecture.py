@@ -20,7 +20,7 @@ ALLOWED = {
     "losses": set(),
     "data": set(),
     "metrics": {"data"},
-    "config": {"upsamplers", "models", "losses"},
+    "config": {"upsamplers", "models", "losses", "data"},
     "engine": {"upsamplers", "models", "losses", "data", "metrics", "config"},
     "cli": {"upsamplers", "models", "losses", "data", "metrics", "config", "engine"},
 }

@@ -173,3 +173,23 @@ def test_model_options_become_the_encoders_typed_options():
     assert model_config_from_dict(old) == cfg.model
     with pytest.raises(MattingError, match="ckpt.pth: its config: 'model.options.width_mult' must be"):
         model_config_from_dict({**old, "width_mult": 0}, "ckpt.pth: its config")
+
+
+@pytest.mark.parametrize(
+    "config, override, message",
+    [
+        ("demo.yaml", "data.augment={bogus: 1}", "'data': augment.bogus: unknown option"),
+        ("demo.yaml", "data.augment={crop_size: 4}", "'data': augment.crop_size: must be an integer >= 8"),
+        ("comp1k_fade.yaml", "data.augment={crop_scales: [1, 2]}", "'data': augment.crop_scales: unknown option"),
+        ("demo.yaml", "model.upsampler_options={bogus: 1}", "'model': upsampler 'fade': unknown option 'bogus'"),
+        ("comp1k_fade.yaml", "model.upsampler_options={scale: 4}", "'scale' is not an option here"),
+        ("comp1k_fade.yaml", "model.upsampler_options={channels: 4}", "unknown option 'channels'"),
+        ("demo.yaml", "train.milestones=[true]", "'train.milestones' must be positive iteration numbers"),
+    ],
+)
+def test_nested_options_are_checked_at_load(config, override, message):
+    """data.augment and model.upsampler_options fail when the config loads, whatever train.lr_groups is, not
+    after the data set-up (demo.yaml's lr_groups is encoder_decoder, comp1k_fade.yaml's a list of rules)."""
+    with pytest.raises(MattingError) as err:
+        load_config(REPO / "configs" / config, [override])
+    assert message in str(err.value) and config in str(err.value)

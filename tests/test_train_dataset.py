@@ -3,7 +3,8 @@ generated images."""
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import fields, replace
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -260,6 +261,28 @@ def test_presets_and_crop_override():
     small = make_augment_config("indexnet", crop_size=160)
     assert small.windows == (160, 240, 320) and small.min_source_size == 320
     assert make_augment_config("gca", crop_scales=[1, 2]).crop_scales == (1, 2)  # YAML lists become tuples
+
+
+def test_docs_list_every_preset_field_with_its_value():
+    """docs/data.md's field table carries each preset's value of each field, and '-' where it has none."""
+    order = ("indexnet", "gca", "a2u")
+    rows = {}
+    for line in (Path(__file__).resolve().parents[1] / "docs" / "data.md").read_text().splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) == 5 and cells[0].startswith("`"):
+            rows[cells[0].strip("`")] = cells[1:4]
+
+    def shown(value) -> str:
+        if isinstance(value, bool):
+            return str(value).lower()
+        return f"[{', '.join(map(shown, value))}]" if isinstance(value, tuple) else str(value)
+
+    names = {f.name for preset in order for f in fields(PRESETS[preset])}
+    assert set(rows) >= names, sorted(names - set(rows))
+    for name in names:
+        config = [PRESETS[p] for p in order]
+        want = [f"`{shown(getattr(c, name))}`" if hasattr(c, name) else "-" for c in config]
+        assert rows[name] == want, name
 
 
 def test_config_errors_name_the_key():

@@ -1,6 +1,6 @@
 """Encoder-decoder matting networks with a registry upsampler at every decoder stage.
 
-    from matting.models import build_model, make_input, predict_alpha
+    from matting.models import MobileNetV2Options, build_model, make_input, model_from_config, predict_alpha
 
     model = build_model("resnet34", upsampler="fade")            # the paper's network, output stride 16
     small = build_model("mobilenetv2", "fade", width_mult=0.5)   # encoder options as keyword arguments, or

@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 
 from torch import Tensor, nn
 
-from matting.upsamplers import build_upsampler
+from matting.upsamplers import UpsamplerConfigError, build_upsampler
 
 from .layers import ConvBNAct, ResidualConvBlock, init_new_conv
 
@@ -44,7 +44,10 @@ class DecoderStage(nn.Module):
         upsampler_options: Mapping | None = None,
     ) -> None:
         super().__init__()
-        self.up = build_upsampler(upsampler, de_channels, 2, **dict(upsampler_options or {}))
+        options = dict(upsampler_options or {})
+        if "scale" in options:
+            raise UpsamplerConfigError(f"upsampler {upsampler!r}: 'scale' is not an option here (every stage is x2)")
+        self.up = build_upsampler(upsampler, de_channels, scale=2, **options)
         self.uses_encoder = bool(self.up.uses_encoder)
         needs_proj = self.uses_encoder and en_channels != de_channels
         self.en_proj = ConvBNAct(en_channels, de_channels, 1) if needs_proj else None

@@ -46,8 +46,6 @@ __all__ = [
 #: Upsamplers the official matting network was built with (``MODEL.upsample`` of ``a2u_matting/decoder.py``).
 OFFICIAL_UPSAMPLERS = ("fade", "fade_lite", "bilinear")
 
-_BN_TENSORS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
-
 # The numpy scalars the official trainer stores in its metric lists (np.mean of per-image SADs), under the
 # names numpy 1.x (the authors' environment) and numpy 2.x pickle them with. Data only: nothing is executed.
 _NUMPY_GLOBALS = [

@@ -1,6 +1,6 @@
 """Upsamplers behind one interface, ``up(en, de) -> (B, C, s*H, s*W)``, buildable by name.
 
-    up = build_upsampler("fade", channels=64)
+    up = build_upsampler("fade", 64)
     out = up(en, de)    # en: (B, 64, 2H, 2W) encoder feature, de: (B, 64, H, W) decoder feature
 """
 

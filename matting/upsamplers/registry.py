@@ -160,8 +160,11 @@ def _options_of(cls: type[Upsampler]) -> list[str]:
     return [p for p in params if p != "scale"]
 
 
-def build_upsampler(name: str, channels: int, scale: int = 2, **options) -> Upsampler:
+def build_upsampler(name: str, channels: int, /, scale: int = 2, **options) -> Upsampler:
     """Builds the upsampler registered as ``name`` for ``channels``-channel features and an integer ``scale``.
+
+    ``name`` and ``channels`` are positional-only, so an option of either name (from a config's
+    ``upsampler_options``) is reported as an unknown option instead of clashing with them.
 
     Raises UpsamplerConfigError (a ValueError and a MattingError) for an unknown name or option, or a bad value.
     """
