@@ -40,10 +40,7 @@ def convert(checkpoint: str | Path, upsampler: str, out: str | Path) -> Path:
     )
     payload = {"format": CHECKPOINT_FORMAT, "model": model.state_dict(), "config": cfg.to_dict(),
                "step": 0, "epoch": 0, "best": None}
-    try:
-        atomic_torch_save(payload, out)
-    except OSError as exc:
-        raise MattingError(f"{out}: cannot write the checkpoint ({exc.strerror or exc})") from None
+    atomic_torch_save(payload, out)  # a failed write is an OutputError (a MattingError) naming the file
     model_from_checkpoint(out)  # what evaluate, infer and export will do with it
     return out
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import importlib.util
 import os
 import warnings
 from pathlib import Path
@@ -112,7 +113,9 @@ def export_model(
                 warnings.simplefilter("ignore", torch.jit.TracerWarning)
                 warnings.simplefilter("ignore", DeprecationWarning)
                 traced = torch.jit.trace(module, example, check_trace=False)
-            traced.save(str(tmp))
+            # Through a Python file: torch's own file writer aborts the process on a full disk instead of raising.
+            with open(tmp, "wb") as f:
+                torch.jit.save(traced, f)
         os.replace(tmp, path)
     except OSError as exc:
         raise OutputError(f"{path}: could not write ({exc.strerror or exc}); nothing was written there") from None
@@ -209,6 +212,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _check_optional_packages(fmt: str, exporter: str, verify: bool) -> None:
+    """ONNX export needs onnx (the dynamo exporter onnxscript too), its check onnxruntime: optional packages,
+    named if absent."""
+    if fmt != "onnx":
+        return
+    needed = ["onnx"] + (["onnxscript"] if exporter == "dynamo" else []) + (["onnxruntime"] if verify else [])
+    missing = [name for name in needed if importlib.util.find_spec(name) is None]
+    if missing:
+        raise MattingError(f"ONNX export needs {', '.join(missing)}: pip install {' '.join(missing)} "
+                           "(or pip install -r requirements-dev.txt)")
+
+
 @cli
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
@@ -218,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     if not checkpoint.is_file():
         raise MattingError(f"{checkpoint}: checkpoint not found")
     check_output_file(out, "the export", inputs=[checkpoint])  # before loading anything
+    _check_optional_packages(args.format, args.exporter, verify=not args.no_verify)
     model, _ = model_from_checkpoint(checkpoint, "cpu")
     export_model(model, args.format, out, opset=args.opset, exporter=args.exporter)
     if not args.no_verify:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
 import pytest
 
@@ -90,6 +92,20 @@ def test_cli_missing_checkpoint_is_a_one_line_error(tmp_path, capsys):
     assert main(["--checkpoint", str(tmp_path / "nope.pth"), "--format", "onnx"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "nope.pth" in err and err.startswith("error:")
+
+
+@pytest.mark.slow
+def test_cli_names_a_missing_optional_package(checkpoint, tmp_path, capsys, monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else real(name, *a))
+    out = tmp_path / "tiny.onnx"
+    assert main(["--checkpoint", str(checkpoint), "--format", "onnx", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("error: ONNX export needs onnxruntime: pip install onnxruntime (or pip install -r "
+                   "requirements-dev.txt)")
+    assert not out.exists()
+    # Without the check, onnxruntime is not needed.
+    assert main(["--checkpoint", str(checkpoint), "--format", "onnx", "--out", str(out), "--no-verify"]) == 0
 
 
 def test_torchscript_uses_standard_ops(exported):

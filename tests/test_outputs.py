@@ -179,10 +179,11 @@ def test_export_checks_out_before_loading(tmp_path, checkpoint, blocked, capsys,
 
 @pytest.mark.slow
 def test_export_write_failure_is_one_line(tmp_path, checkpoint, capsys, monkeypatch):
-    def full_disk(*args, **kwargs):
+    def full_disk(module, f, *args, **kwargs):
+        f.write(b"half a model")
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(torch.jit.ScriptModule, "save", full_disk)
+    monkeypatch.setattr(torch.jit, "save", full_disk)
     out = tmp_path / "m.pt"
     assert export_main(["--checkpoint", str(checkpoint), "--format", "torchscript", "--out", str(out)]) == 2
     err = one_line(capsys)

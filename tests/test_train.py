@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -128,6 +129,29 @@ def test_resume_is_exact(tmp_path, tiny_data, workers):
 
 
 @pytest.mark.slow
+def test_a_signal_stops_after_the_step_with_one_save(tmp_path, tiny_data, monkeypatch):
+    """SIGTERM during step 2 (a checkpoint step): the run ends after that step, latest.pth written once there."""
+    cfg = load_config(tiny_config(tmp_path, tiny_data, iterations=5, ckpt_every=1))
+    trainer = Trainer(cfg, progress=False)
+    real_forward, real_save, saves = trainer.criterion.forward, trainer.save, []
+
+    def forward(pred, batch):
+        if trainer.state.step == 1:  # counted from 0: this is step 2
+            trainer._request_stop(signal.SIGTERM, None)
+        return real_forward(pred, batch)
+
+    monkeypatch.setattr(trainer.criterion, "forward", forward)
+    monkeypatch.setattr(trainer, "save", lambda name="latest.pth": saves.append((name, trainer.state.step)) or
+                        real_save(name))
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit()
+    assert [step for name, step in saves if name == "latest.pth"] == [1, 2]
+    assert load_checkpoint(Path(cfg.output_dir) / "checkpoints" / "latest.pth")["step"] == 2
+    log = (Path(cfg.output_dir) / "train.log").read_text()
+    assert f"stopped by signal {int(signal.SIGTERM)} at step 2; saved" in log
+
+
+@pytest.mark.slow
 def test_nan_loss_stops_without_saving(tmp_path, tiny_data, monkeypatch):
     cfg = load_config(tiny_config(tmp_path, tiny_data))
     trainer = Trainer(cfg, progress=False)
@@ -148,8 +172,21 @@ def test_resume_with_a_different_model_is_refused(tmp_path, tiny_data):
     cfg = load_config(tiny_config(tmp_path, tiny_data, iterations=1))
     Trainer(cfg, progress=False).fit()
     other = load_config(tiny_config(tmp_path, tiny_data), ["model.upsampler=bilinear"])
+    latest = Path(cfg.output_dir) / "checkpoints" / "latest.pth"
     with pytest.raises(MattingError, match="differs from this config"):
-        Trainer(other, resume=Path(cfg.output_dir) / "checkpoints" / "latest.pth", progress=False)
+        Trainer(other, resume=latest, progress=False)
+    # Other parameter groups: a one-line error, not torch's ValueError.
+    regrouped = load_config(tiny_config(tmp_path, tiny_data),
+                            ["train.lr_groups=[[encoder, 0.1], [context, 1], [decoder, 1], [head, 1]]"])
+    with pytest.raises(MattingError, match=f"{latest}: its optimiser state does not fit"):
+        Trainer(regrouped, resume=latest, progress=False)
+    # A weights-only file (as convert_official writes) names what it lacks.
+    ckpt = torch.load(latest, weights_only=True)
+    weights_only = tmp_path / "weights.pth"
+    torch.save({k: ckpt[k] for k in ("model", "config", "step", "epoch")}, weights_only)
+    fresh = load_config(tiny_config(tmp_path, tiny_data), [f"output_dir={tmp_path / 'fresh'}"])
+    with pytest.raises(MattingError, match="holds no optimizer, scheduler, rng, so training cannot resume"):
+        Trainer(fresh, resume=weights_only, progress=False)
 
 
 def run(*args: str, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:

@@ -73,6 +73,8 @@ from matting.models import convert_sync_batchnorm, make_input, model_from_config
 EXPLODING_FACTOR = 100.0
 _LOSS_HISTORY = 100  # healthy steps in that median
 _MIN_HISTORY = 5  # steps before any step is judged (the first losses of a run move a lot)
+# What a checkpoint must hold to continue a run (convert_official writes weights and config only).
+_RESUME_KEYS = ("model", "optimizer", "scheduler", "rng", "step", "epoch")
 
 
 class TrainingDiverged(MattingError):
@@ -378,9 +380,7 @@ class Trainer:
         if old != self.cfg.model:
             raise MattingError(f"{path}: the checkpoint's model config {dataclasses.asdict(old)} differs from this "
                                f"config's {dataclasses.asdict(self.cfg.model)}")
-        unwrap(self.model).load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self._load_states(ckpt, path)
         if self.scaler is not None and ckpt.get("scaler") is not None:
             self.scaler.load_state_dict(ckpt["scaler"])
         states = rank_rng_states(ckpt)
@@ -399,6 +399,25 @@ class Trainer:
             epoch_start=ckpt.get("epoch_start_step", ckpt["epoch"] * self.steps_per_epoch),
         )
         self.log.info("resumed from %s at step %d", path, self.state.step)
+
+    def _load_states(self, ckpt: dict[str, Any], path: str | Path) -> None:
+        """Weights, optimiser and schedule from ``ckpt``; a file that cannot continue this run is a MattingError."""
+        missing = [key for key in _RESUME_KEYS if key not in ckpt]
+        if missing:
+            raise MattingError(f"{path}: holds no {', '.join(missing)}, so training cannot resume from it (a "
+                               "weights-only checkpoint, e.g. a converted official one: evaluate, infer and export "
+                               "take it)")
+        try:
+            unwrap(self.model).load_state_dict(ckpt["model"])
+        except RuntimeError as exc:
+            first = str(exc).strip().splitlines()[-1].strip()
+            raise MattingError(f"{path}: its weights do not fit this network ({first})") from None
+        try:
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+        except ValueError as exc:
+            raise MattingError(f"{path}: its optimiser state does not fit this config's parameter groups ({exc}); "
+                               "resume with the train.lr_groups the checkpoint was trained with") from None
+        self.scheduler.load_state_dict(ckpt["scheduler"])
 
     # ---------------------------------------------------------------------------------------------- one step
 
@@ -578,15 +597,14 @@ class Trainer:
             if summary is not None:
                 self._report(summary, f"TEST SET {self.cfg.data.test_dir} ({len(self.test_items)} images; "
                              "reported only, never used to pick best.pth)", "test_set")
-        if step % t.ckpt_every == 0 or step == last:
-            self._save_latest()
         # Alone, a process stops after the step its signal came in; several stop after the step they agreed on.
-        if self.stop_agreed or (not self.dist.enabled and self.stop_signal is not None):
-            self._stop_on_signal(save=True)
+        stopping = self.stop_agreed or (not self.dist.enabled and self.stop_signal is not None)
+        saved = self._save_latest() if stopping or step % t.ckpt_every == 0 or step == last else False
+        if stopping:
+            self._stop_on_signal(saved)
 
-    def _stop_on_signal(self, save: bool) -> None:
-        """Saves latest.pth at the last completed step (a consistent state) when ``save``, then ends the run."""
-        saved = self._save_latest() if save else False
+    def _stop_on_signal(self, saved: bool) -> None:
+        """Ends the run, saying whether latest.pth holds the last completed step (a consistent state)."""
         what = f"signal {self.stop_signal}" if self.stop_signal is not None else "a signal to another process"
         self.log.info("stopped by %s at step %d; %s (continue with --resume)", what, self.state.step,
                       f"saved {self.ckpt_dir / 'latest.pth'}" if saved else self._latest_text())
@@ -600,7 +618,8 @@ class Trainer:
             # processes may see it at different steps, so they cannot agree on a checkpoint: latest.pth stays.
             if self.stop_signal is None:
                 raise _one_line(exc) from None
-            self._stop_on_signal(save=not self.dist.enabled)
+            saved = self.saved_step == self.state.step or (not self.dist.enabled and self._save_latest())
+            self._stop_on_signal(saved)
             raise  # not reached: _stop_on_signal raises
 
     # ---------------------------------------------------------------------------------------------- the run
