@@ -184,6 +184,11 @@ def test_resume_with_a_different_model_is_refused(tmp_path, tiny_data):
     ckpt = torch.load(latest, weights_only=True)
     weights_only = tmp_path / "weights.pth"
     torch.save({k: ckpt[k] for k in ("model", "config", "step", "epoch")}, weights_only)
+    # Another seed or batch size: resumed, with a warning that the data order is not the uninterrupted run's.
+    reseeded = load_config(tiny_config(tmp_path, tiny_data), ["seed=7", "train.batch_size=3"])
+    Trainer(reseeded, resume=latest, progress=False).fit()
+    log = (Path(cfg.output_dir) / "train.log").read_text()
+    assert f"{latest}: seed, train.batch_size differ from the checkpoint's config: training goes on from step 1" in log
     fresh = load_config(tiny_config(tmp_path, tiny_data), [f"output_dir={tmp_path / 'fresh'}"])
     with pytest.raises(MattingError, match="holds no optimizer, scheduler, rng, so training cannot resume"):
         Trainer(fresh, resume=weights_only, progress=False)

@@ -75,6 +75,8 @@ _LOSS_HISTORY = 100  # healthy steps in that median
 _MIN_HISTORY = 5  # steps before any step is judged (the first losses of a run move a lot)
 # What a checkpoint must hold to continue a run (convert_official writes weights and config only).
 _RESUME_KEYS = ("model", "optimizer", "scheduler", "rng", "step", "epoch")
+# Keys that decide which samples come next and how they look: changed on resume, the run goes on, not exactly.
+_DATA_ORDER_KEYS = ("seed", "train.batch_size", "data.samples_per_epoch", "data.preset", "data.augment")
 
 
 class TrainingDiverged(MattingError):
@@ -386,6 +388,7 @@ class Trainer:
         states = rank_rng_states(ckpt)
         rank = self.dist.rank
         set_rng_state(states[rank] if rank < len(states) else states[0], self.device)
+        self._warn_changed_data_order(ckpt, path)
         if len(states) != self.dist.world_size:
             self.log.warning("%s was written by %d process(es), this run has %d: it goes on from step %d, not bit "
                              "for bit as an uninterrupted run would", path, len(states), self.dist.world_size,
@@ -399,6 +402,20 @@ class Trainer:
             epoch_start=ckpt.get("epoch_start_step", ckpt["epoch"] * self.steps_per_epoch),
         )
         self.log.info("resumed from %s at step %d", path, self.state.step)
+
+    def _warn_changed_data_order(self, ckpt: dict[str, Any], path: str | Path) -> None:
+        """Warns when a key of _DATA_ORDER_KEYS differs from the checkpoint's config (an override on resume)."""
+
+        def value(cfg: dict[str, Any], key: str) -> Any:
+            for part in key.split("."):
+                cfg = cfg.get(part, {}) if isinstance(cfg, dict) else {}
+            return cfg
+
+        old, new = ckpt.get("config") or {}, self.cfg.to_dict()
+        changed = [key for key in _DATA_ORDER_KEYS if value(old, key) != value(new, key)]
+        if changed:
+            self.log.warning("%s: %s differ from the checkpoint's config: training goes on from step %d, but not "
+                             "as an uninterrupted run would", path, ", ".join(changed), ckpt["step"])
 
     def _load_states(self, ckpt: dict[str, Any], path: str | Path) -> None:
         """Weights, optimiser and schedule from ``ckpt``; a file that cannot continue this run is a MattingError."""
