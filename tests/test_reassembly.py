@@ -120,6 +120,11 @@ def test_gated_shape_errors():
         gated_carafe(features, kernels, 5, 2, skip[..., :7], gate)
     with pytest.raises(ValueError, match=r"gate \(1, 2, 8, 8\)|gate \(1, 3, 8, 8\)"):
         gated_carafe(features, kernels, 5, 2, skip, torch.zeros(1, 3, 8, 8, dtype=torch.float64))
+    # One without the other: an error, not an AttributeError or a silently ungated result.
+    with pytest.raises(ValueError, match=r"skip and gate go together, got skip \(1, 2, 8, 8\) and gate None"):
+        gated_carafe(features, kernels, 5, 2, skip, None)
+    with pytest.raises(ValueError, match=r"skip and gate go together, got skip None and gate \(1, 1, 8, 8\)"):
+        gated_carafe(features, kernels, 5, 2, None, gate)
 
 
 @pytest.mark.slow
@@ -310,12 +315,15 @@ def test_channels_last_and_contiguous_inputs_agree(mode):
         assert g.stride() == t.stride()
     for a, b in zip(got, nchw):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
-    # NCHW features with channels-last full-resolution operands: an NCHW output, the same values.
-    mixed = [inputs[0], *cl[1:]]
-    got = reassembly_results(mode, mixed, 5, 2, "lean", grad)
-    assert got[0].is_contiguous()
-    for a, b in zip(got, nchw):
-        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+    # Features in one layout, full-resolution operands (skip, kernels) in the other: the output follows the
+    # features, for the reference (plain_ops, export) as for the op.
+    for impl in ("lean", "reference"):
+        got = reassembly_results(mode, [inputs[0], *cl[1:]], 5, 2, impl, grad)
+        assert got[0].is_contiguous(), impl
+        for a, b in zip(got, nchw):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+        got = reassembly_results(mode, [cl[0], *inputs[1:]], 5, 2, impl, grad)
+        assert got[0].is_contiguous(memory_format=torch.channels_last) and not got[0].is_contiguous(), impl
 
 
 def test_the_former_softmax_keyword_still_works_with_a_warning():

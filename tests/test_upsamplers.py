@@ -307,6 +307,8 @@ def test_obsolete_options_of_old_configs_are_accepted_with_a_warning(name, optio
     assert up.state_dict().keys() == reference.state_dict().keys()  # old checkpoints load unchanged
     with pytest.raises(ValueError, match="fold_compressors"):
         build_upsampler("fade", 8, fold_compressors="yes")
+    with pytest.raises(ValueError, match="unknown option 'fold_compressors'"):  # FADE-Lite never had it
+        build_upsampler("fade_lite", 8, fold_compressors=False)
 
 
 @pytest.mark.parametrize("cls", [FADE, FADELite])

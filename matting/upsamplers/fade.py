@@ -120,10 +120,6 @@ class _SemiShiftUpsampler(Upsampler):
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, up_kernel_size={self.up_kernel_size}"
 
-    def gate_map(self, de: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) -> (B, 1, sH, sW) in (0, 1): the weight of ``en`` in the output."""
-        return torch.sigmoid(F.interpolate(self.gate(de), scale_factor=self.scale, mode="nearest"))
-
     def logit_branches(self, en: torch.Tensor, de: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The two branches of the semi-shift logits: ``kernel_conv(compress_en(en))`` (B, K*K, sH, sW) and
         ``kernel_conv(compress_de(de))`` (B, K*K, H, W); the logits are the first plus the second upsampled."""
@@ -192,6 +188,8 @@ class FADE(_SemiShiftUpsampler):
 @register_upsampler("fade_lite")
 class FADELite(_SemiShiftUpsampler):
     """FADE-Lite: compressors to K*K channels and a depthwise 3x3 ``kernel_conv``. Interface as :class:`FADE`."""
+
+    obsolete_options = OBSOLETE_OPTIONS  # it never had fold_compressors: that option is unknown here
 
     def __init__(self, in_channels: int, scale: int = 2, up_kernel_size: int = 5) -> None:
         k2 = up_kernel_size * up_kernel_size if isinstance(up_kernel_size, int) else 1

@@ -324,6 +324,8 @@ def _check(owner, features, kernels, kernels_lo, skip, gate, kernel_size, scale,
             f"{owner}: kernels_lo {_shape(kernels_lo)} do not match features {_shape(features)}: "
             f"expected {(b, k2, h, w)}"
         )
+    if (skip is None) != (gate is None):
+        raise ValueError(f"{owner}: skip and gate go together, got skip {_shape(skip)} and gate {_shape(gate)}")
     if skip is None:
         return
     out_shape = (b, c, s * h, s * w)
@@ -370,7 +372,9 @@ def _reference(features, kernels, kernels_lo, skip, gate, kernel_size, scale, so
         if gate_lo:
             gate = torch.sigmoid(F.interpolate(gate, scale_factor=scale, mode="nearest"))
         out = gate * skip + (1 - gate) * out
-    return out.to(features.dtype)  # autocast may have run some of these ops in another dtype
+    # Autocast may have run some of these ops in another dtype, and a skip in another layout sets the output's.
+    layout = torch.channels_last if is_channels_last(features) else torch.contiguous_format
+    return out.to(features.dtype, memory_format=layout)
 
 
 def carafe_reference(features: torch.Tensor, kernels: torch.Tensor, kernel_size: int, scale: int) -> torch.Tensor:
