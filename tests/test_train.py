@@ -210,12 +210,13 @@ def test_cli_user_errors_are_one_line(tmp_path):
     assert proc.returncode == 2 and "config file not found" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def ddp_run(tmp_path: Path, tiny_data: Path, *worker_args: str, **train) -> subprocess.CompletedProcess:
+def ddp_run(tmp_path: Path, tiny_data: Path, *worker_args: str, val_count: int = 0,
+            **train) -> subprocess.CompletedProcess:
     """torchrun with two CPU processes (gloo) running tests/ddp_worker.py; each writes its weights to tmp_path."""
     cfg = tiny_config(tmp_path, tiny_data, **{"iterations": 3, "batch_size": 4, **train})
     return run(
         "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(REPO / "tests" / "ddp_worker.py"),
-        str(tmp_path), *worker_args, "--", "--config", str(cfg), "--no-progress", "data.val_count=0",
+        str(tmp_path), *worker_args, "--", "--config", str(cfg), "--no-progress", f"data.val_count={val_count}",
         env={"OMP_NUM_THREADS": "1"}, timeout=300,  # a hang fails the test instead of stalling the suite
     )
 
@@ -224,7 +225,7 @@ def ddp_run(tmp_path: Path, tiny_data: Path, *worker_args: str, **train) -> subp
 def test_two_process_gloo_run(tmp_path, tiny_data):
     """torchrun with two CPU processes: DDP over gloo keeps the ranks' weights identical; rank 0 alone writes the
     checkpoint (holding both ranks' RNG states) and the log."""
-    proc = ddp_run(tmp_path, tiny_data)
+    proc = ddp_run(tmp_path, tiny_data, val_count=1)  # rank 0 validates while rank 1 waits in the wait group
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
     ckpt = load_checkpoint(tmp_path / "run" / "checkpoints" / "latest.pth")
@@ -232,12 +233,14 @@ def test_two_process_gloo_run(tmp_path, tiny_data):
     for name, value in ranks[0].items():
         assert torch.equal(value, ranks[1][name]) and torch.equal(value, ckpt["model"][name]), name
     assert not torch.equal(ranks[0]["head.0.weight"], torch.zeros_like(ranks[0]["head.0.weight"]))  # it trained
-    assert "2 process(es)" in (tmp_path / "run" / "train.log").read_text()
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "2 process(es)" in log and "new best validation SAD" in log
+    assert (tmp_path / "run" / "checkpoints" / "best.pth").is_file()
     # One process goes on from the two processes' checkpoint (another machine), with a warning.
     from matting.train import main
 
     cfg = tmp_path / "tiny.yaml"
-    assert main(["--config", str(cfg), "--no-progress", "--resume", "data.val_count=0", "train.iterations=4"]) == 0
+    assert main(["--config", str(cfg), "--no-progress", "--resume", "data.val_count=1", "train.iterations=4"]) == 0
     assert load_checkpoint(tmp_path / "run" / "checkpoints" / "latest.pth")["step"] == 4
     assert "was written by 2 process(es), this run has 1" in (tmp_path / "run" / "train.log").read_text()
 

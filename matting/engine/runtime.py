@@ -7,6 +7,7 @@ import os
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 
 import numpy as np
 import torch
@@ -73,6 +74,7 @@ class DistInfo:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    wait_group: object = None  # see EVAL_WAIT; None when single-process
 
     @property
     def is_main(self) -> bool:
@@ -81,6 +83,12 @@ class DistInfo:
     @property
     def enabled(self) -> bool:
         return self.world_size > 1
+
+
+# How long the other ranks wait while rank 0 evaluates alone (validation, a test-set curve). They wait in a gloo
+# group of their own: NCCL's default 10-minute timeout, right for collectives, is shorter than a full-size
+# Composition-1k evaluation.
+EVAL_WAIT = timedelta(hours=3)
 
 
 def init_distributed(device: torch.device) -> DistInfo:
@@ -98,7 +106,8 @@ def init_distributed(device: torch.device) -> DistInfo:
         if device.type == "cuda":
             torch.cuda.set_device(local_rank)
         dist.init_process_group(backend=backend)
-    return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank)
+    wait_group = dist.new_group(backend="gloo", timeout=EVAL_WAIT)
+    return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, wait_group=wait_group)
 
 
 def cleanup_distributed() -> None:

@@ -76,7 +76,8 @@ _MIN_HISTORY = 5  # steps before any step is judged (the first losses of a run m
 # What a checkpoint must hold to continue a run (convert_official writes weights and config only).
 _RESUME_KEYS = ("model", "optimizer", "scheduler", "rng", "step", "epoch")
 # Keys that decide which samples come next and how they look: changed on resume, the run goes on, not exactly.
-_DATA_ORDER_KEYS = ("seed", "train.batch_size", "data.samples_per_epoch", "data.preset", "data.augment")
+_DATA_ORDER_KEYS = ("seed", "train.batch_size", "data.samples_per_epoch", "data.val_count", "data.preset",
+                    "data.augment")
 
 
 class TrainingDiverged(MattingError):
@@ -544,7 +545,7 @@ class Trainer:
                 summary = evaluate(predictor, items, out_dir=None, progress=False, workers=self.cfg.eval.workers)
             model.train()
         if self.dist.enabled:
-            dist.barrier()
+            dist.barrier(group=self.dist.wait_group)  # a long wait: not bound by NCCL's timeout (EVAL_WAIT)
         return summary
 
     def _report(self, summary: dict[str, Any], what: str, board_prefix: str) -> dict[str, float]:
