@@ -16,7 +16,7 @@ from matting.data.io import read_gray, write_png
 from matting.engine.evaluator import BASELINE_KEY, constant_baseline, evaluate
 from matting.engine.predictor import Predictor
 from matting.errors import MattingError
-from matting.metrics import compute_metrics
+from matting.metrics import compute_metrics, write_csv
 
 from helpers import save_tiny_checkpoint
 
@@ -83,6 +83,9 @@ def test_scores_every_item_and_writes_alpha_csv_and_summary(tmp_path, matter):
     assert (summary["count"], summary["images"], summary["failed"], summary["failures"]) == (3, 3, 0, [])
     assert summary["split"] == "val" and summary["data"] == "gen"
     assert json.loads((tmp_path / "summary.json").read_text()) == json.loads(json.dumps(summary))
+    # `python -m matting.metrics` writes the same file for the same scores: one mean, one number format.
+    write_csv([{"name": item["name"], **exp} for item, exp in zip(items, expected)], tmp_path / "batch.csv")
+    assert (tmp_path / "batch.csv").read_text() == (tmp_path / "metrics.csv").read_text()
 
 
 class FlakyDataset:

@@ -39,6 +39,7 @@ from tqdm import tqdm
 from matting.data.io import atomic_path, check_writable_dir, same_path, write_png, write_text_atomic
 from matting.engine.predictor import Predictor
 from matting.errors import MattingError, OutputError
+from matting.metrics.batch import csv_cell, summarize
 from matting.metrics.official import compute_metrics
 
 __all__ = ["BASELINE_KEY", "METRICS", "Summary", "constant_baseline", "evaluate", "format_table", "write_metrics_csv"]
@@ -70,12 +71,10 @@ def constant_baseline(trimap: np.ndarray) -> np.ndarray:
 
 
 def _means(rows: list[dict[str, float]]) -> dict[str, float | None]:
-    """Plain means over images (MSE over the images that have an unknown region); None when nothing to average."""
-    out: dict[str, float | None] = {}
-    for key in METRICS:
-        values = np.array([r[key] for r in rows], dtype=np.float64)
-        values = values[~np.isnan(values)]
-        out[key] = float(values.mean()) if values.size else None
+    """``summarize``'s means (MSE over the images that have an unknown region), with None, which JSON can hold,
+    where there is nothing to average."""
+    means = summarize(rows)
+    out: dict[str, float | None] = {k: None if math.isnan(means[k]) else means[k] for k in METRICS}
     out["mse_x1e3"] = None if out["mse"] is None else out["mse"] * 1000.0
     return out
 
@@ -369,14 +368,8 @@ def write_metrics_csv(path: Path, rows: list[tuple[str, dict | None]], summary: 
         writer = csv.writer(f)
         writer.writerow(["name", *METRICS])
         for name, metrics in rows:
-            writer.writerow([name, *(_fmt(metrics[k]) if metrics else "" for k in METRICS)])
-        writer.writerow(["mean", *(_fmt(summary["mean"][k]) for k in METRICS)])
-
-
-def _fmt(value: float | None) -> str:
-    if value is None:
-        return ""
-    return "nan" if math.isnan(value) else format(value, ".10g")
+            writer.writerow([name, *(csv_cell(metrics[k]) if metrics else "" for k in METRICS)])
+        writer.writerow(["mean", *(csv_cell(summary["mean"][k]) for k in METRICS)])
 
 
 def format_table(summary: Summary) -> str:

@@ -17,6 +17,7 @@ Command line: ``python -m matting.metrics --pred DIR --gt DIR --trimap DIR [--ou
 from matting.metrics.batch import (
     ImagePaths,
     check_files,
+    csv_cell,
     evaluate_folders,
     evaluate_items,
     format_table,
@@ -42,6 +43,7 @@ __all__ = [
     "check_files",
     "compute_metrics",
     "conn",
+    "csv_cell",
     "evaluate_folders",
     "evaluate_items",
     "format_table",

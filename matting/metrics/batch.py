@@ -285,12 +285,17 @@ def write_csv(rows: Sequence[dict], path: str | os.PathLike, summary: dict | Non
     if p.is_dir():
         raise MattingError(f"{p}: is a folder; give a file name for the CSV")
     summary = summarize(rows) if summary is None else summary
-    with atomic_path(p) as tmp, open(tmp, "w", newline="") as f:
+    with atomic_path(p) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(CSV_COLUMNS)
         for r in rows:
-            writer.writerow([r["name"]] + [repr(float(r[k])) for k in METRIC_KEYS])
-        writer.writerow(["mean"] + [repr(float(summary[k])) for k in METRIC_KEYS])
+            writer.writerow([r["name"]] + [csv_cell(r[k]) for k in METRIC_KEYS])
+        writer.writerow(["mean"] + [csv_cell(summary[k]) for k in METRIC_KEYS])
+
+
+def csv_cell(value: float | None) -> str:
+    """A metric as a CSV cell: full float precision (``repr``), ``nan`` for NaN, empty for None (not scored)."""
+    return "" if value is None else repr(float(value))
 
 
 def format_table(rows: Sequence[dict], summary: dict | None = None, per_image: bool = True) -> str:
