@@ -22,13 +22,13 @@ from pathlib import Path
 from matting.data.compose_test import resolve_test_source
 from matting.data.io import check_writable_dir
 from matting.data.release import TestDataset, read_test_folder
+from matting.engine.checkpoint import DEMO_CHECKPOINT, existing_checkpoint
 from matting.engine.evaluator import check_eval_outputs, evaluate, format_table
 from matting.engine.predictor import AMP_MODES, Predictor
 from matting.engine.runtime import flush_denormals
 from matting.errors import MattingError, cli
 
 DEFAULT_DATA = "data/demo/test"
-DEFAULT_CHECKPOINT = "runs/demo/checkpoints/latest.pth"
 DEFAULT_OUT = "runs/demo/eval"
 
 
@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Full-resolution Composition-1k evaluation with the official SAD/MSE/Grad/Conn.",
     )
     p.add_argument("--data", default=DEFAULT_DATA, help=f"test folder or Combined_Dataset/ (default {DEFAULT_DATA})")
-    p.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT, help=f"default {DEFAULT_CHECKPOINT}")
+    p.add_argument("--checkpoint", default=DEMO_CHECKPOINT, help=f"default {DEMO_CHECKPOINT}")
     p.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
     p.add_argument("--bg-dir", default=None, help="VOC background folder, to compose the test set of a raw release")
     p.add_argument(
@@ -55,21 +55,13 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _checkpoint_path(path: str) -> Path:
-    p = Path(path)
-    if not p.is_file():
-        hint = "; train the demo first (scripts/train.sh)" if path == DEFAULT_CHECKPOINT else ""
-        raise MattingError(f"{p}: checkpoint not found{hint} or pass --checkpoint FILE")
-    return p
-
-
 @cli
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     flush_denormals()
     if args.workers < 0:
         raise MattingError(f"--workers must be >= 0, got {args.workers}")
-    checkpoint = _checkpoint_path(args.checkpoint)
+    checkpoint = existing_checkpoint(args.checkpoint)
     out = Path(args.out)
     check_writable_dir(out, "evaluation outputs")  # before composing a test set or predicting anything
     test_dir = resolve_test_source(

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from matting.data.io import check_output_file
-from matting.engine.checkpoint import model_from_checkpoint, unwrap
+from matting.engine.checkpoint import DEMO_CHECKPOINT, existing_checkpoint, model_from_checkpoint, unwrap
 from matting.engine.runtime import flush_denormals
 from matting.errors import MattingError, OutputError, cli
 from matting.models import make_input
@@ -46,7 +46,6 @@ __all__ = ["FORMATS", "MattingExport", "export_model", "main", "run_exported", "
 
 #: Format -> default file suffix.
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
-DEFAULT_CHECKPOINT = "runs/demo/checkpoints/latest.pth"
 
 
 class MattingExport(nn.Module):
@@ -198,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m matting.export", description="Export a checkpoint to ONNX or TorchScript."
     )
-    p.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT, help=f"default {DEFAULT_CHECKPOINT}")
+    p.add_argument("--checkpoint", default=DEMO_CHECKPOINT, help=f"default {DEMO_CHECKPOINT}")
     p.add_argument("--format", required=True, choices=list(FORMATS))
     p.add_argument(
         "--out", default=None, help="output file (default: next to the checkpoint, <stem>.onnx / .torchscript.pt)"
@@ -228,10 +227,8 @@ def _check_optional_packages(fmt: str, exporter: str, verify: bool) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     flush_denormals()
-    checkpoint = Path(args.checkpoint)
+    checkpoint = existing_checkpoint(args.checkpoint)
     out = Path(args.out) if args.out else checkpoint.with_name(checkpoint.stem + FORMATS[args.format])
-    if not checkpoint.is_file():
-        raise MattingError(f"{checkpoint}: checkpoint not found")
     check_output_file(out, "the export", inputs=[checkpoint])  # before loading anything
     _check_optional_packages(args.format, args.exporter, verify=not args.no_verify)
     model, _ = model_from_checkpoint(checkpoint, "cpu")

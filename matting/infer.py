@@ -44,11 +44,11 @@ from matting.data.io import (
     read_trimap,
     write_png,
 )
+from matting.engine.checkpoint import DEMO_CHECKPOINT, existing_checkpoint
 from matting.engine.predictor import AMP_MODES, Predictor
 from matting.engine.runtime import flush_denormals
 from matting.errors import MattingError, OutputError, cli
 
-DEFAULT_CHECKPOINT = "runs/demo/checkpoints/latest.pth"
 DEFAULT_OUT = "runs/infer"
 
 __all__ = ["Job", "cutout", "estimate_foreground", "main", "plan_jobs", "run_job"]
@@ -193,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m matting.infer", description="Predict alpha mattes (and foregrounds, cut-outs) for images."
     )
-    p.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT, help=f"default {DEFAULT_CHECKPOINT}")
+    p.add_argument("--checkpoint", default=DEMO_CHECKPOINT, help=f"default {DEMO_CHECKPOINT}")
     p.add_argument("--image", required=True, help="an image file or a folder of images")
     p.add_argument("--trimap", required=True, help="its trimap, or a folder of trimaps named like the images")
     p.add_argument("--out", default=DEFAULT_OUT, help=f"output folder, or a .png file for one image ({DEFAULT_OUT})")
@@ -212,11 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     flush_denormals()
     jobs = plan_jobs(args.image, args.trimap, args.out, args.foreground, args.cutout)
-    if not Path(args.checkpoint).is_file():
-        hint = "; train the demo first (scripts/train.sh)" if args.checkpoint == DEFAULT_CHECKPOINT else ""
-        raise MattingError(f"{args.checkpoint}: checkpoint not found{hint} or pass --checkpoint FILE")
     predictor = Predictor.from_checkpoint(
-        args.checkpoint, args.device, args.amp, tile=args.tile, tile_margin=args.tile_margin
+        existing_checkpoint(args.checkpoint), args.device, args.amp, tile=args.tile, tile_margin=args.tile_margin
     )
     if len(jobs) == 1:
         run_job(predictor, jobs[0])

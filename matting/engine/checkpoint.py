@@ -164,6 +164,19 @@ def unwrap(model: nn.Module) -> nn.Module:
             return model
 
 
+# What evaluate, infer and export take when no --checkpoint is given: the demo's (scripts/demo.sh).
+DEMO_CHECKPOINT = "runs/demo/checkpoints/latest.pth"
+
+
+def existing_checkpoint(path: str | os.PathLike) -> Path:
+    """``path`` as a Path if it is a file; else a MattingError saying how to get one (for command lines)."""
+    p = Path(path)
+    if not p.is_file():
+        hint = "; train the demo first (scripts/train.sh)" if p == Path(DEMO_CHECKPOINT) else ""
+        raise MattingError(f"{p}: checkpoint not found{hint} or pass --checkpoint FILE")
+    return p
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Loads a checkpoint written by this project. Raises MattingError naming the file on any problem."""
     p = Path(path)

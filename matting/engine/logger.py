@@ -106,10 +106,6 @@ class TensorBoardWriter:
             ]
         self.writer.add_image(tag, make_grid(tiles, nrow=5, padding=2), step)
 
-    def flush(self) -> None:
-        if self.writer is not None:
-            self.writer.flush()
-
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
