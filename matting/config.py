@@ -16,6 +16,7 @@ import dataclasses
 import difflib
 import functools
 import json
+import re
 import sys
 import types
 import typing
@@ -411,6 +412,9 @@ def _check_consistency(cfg: Config, where: str) -> None:
         )
     if t.test_every is not None and t.test_every <= 0:
         raise MattingError(f"{where}: 'train.test_every' must be a positive number of iterations or null")
+    for key, name in (("device", cfg.device), ("eval.device", cfg.eval.device)):
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", name):
+            raise MattingError(f"{where}: '{key}' must be auto, cpu, cuda or cuda:N, got {name!r}")
     try:
         make_augment_config(cfg.data.preset, **cfg.data.augment)
     except MattingError as exc:

@@ -185,6 +185,8 @@ def test_model_options_become_the_encoders_typed_options():
         ("comp1k_fade.yaml", "model.upsampler_options={scale: 4}", "'scale' is not an option here"),
         ("comp1k_fade.yaml", "model.upsampler_options={channels: 4}", "unknown option 'channels'"),
         ("demo.yaml", "train.milestones=[true]", "'train.milestones' must be positive iteration numbers"),
+        ("demo.yaml", "device=gpu", "'device' must be auto, cpu, cuda or cuda:N, got 'gpu'"),
+        ("demo.yaml", "eval.device=cuda:x", "'eval.device' must be auto, cpu, cuda or cuda:N, got 'cuda:x'"),
     ],
 )
 def test_nested_options_are_checked_at_load(config, override, message):
