@@ -208,18 +208,19 @@ _similarity_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 class _SAPABase(Upsampler):
-    """Shared body of SAPA-B and SAPA-G; subclasses build their query layers and implement ``query``."""
+    """Shared body of SAPA-B and SAPA-G; subclasses build their query layers and implement ``query``. The
+    constructor, with its defaults, is theirs (the registry reads the options from its signature)."""
 
     uses_encoder = True
 
     def __init__(
         self,
         channels: int,
-        scale: int,
-        up_kernel_size: int,
-        embedding_dim: int,
-        qkv_bias: bool,
-        encoder_channels: int | None,
+        scale: int = 2,
+        up_kernel_size: int = 5,
+        embedding_dim: int = 64,
+        qkv_bias: bool = True,
+        encoder_channels: int | None = None,
     ) -> None:
         super().__init__(channels, scale)
         name = type(self).__name__
@@ -298,17 +299,6 @@ class SAPA(_SAPABase):
     Parameters: ``norm_y``, ``norm_x`` (LayerNorm), ``q`` (C_en -> E), ``k`` (C -> E), all ``nn.Linear``.
     """
 
-    def __init__(
-        self,
-        channels: int,
-        scale: int = 2,
-        up_kernel_size: int = 5,
-        embedding_dim: int = 64,
-        qkv_bias: bool = True,
-        encoder_channels: int | None = None,
-    ) -> None:
-        super().__init__(channels, scale, up_kernel_size, embedding_dim, qkv_bias, encoder_channels)
-
     def _build_query(self, embedding_dim: int, bias: bool) -> None:
         self.q = nn.Linear(self.encoder_channels, embedding_dim, bias=bias)
 
@@ -326,17 +316,6 @@ class SAPAG(_SAPABase):
     ``qx`` (C -> E), ``gate`` (C -> 1), ``k`` (C -> E). (SAPAExp's optional value projection ``v``, absent
     unless ``v_embed`` or ``out_dim != dim_x``, is not supported.)
     """
-
-    def __init__(
-        self,
-        channels: int,
-        scale: int = 2,
-        up_kernel_size: int = 5,
-        embedding_dim: int = 64,
-        qkv_bias: bool = True,
-        encoder_channels: int | None = None,
-    ) -> None:
-        super().__init__(channels, scale, up_kernel_size, embedding_dim, qkv_bias, encoder_channels)
 
     def _build_query(self, embedding_dim: int, bias: bool) -> None:
         self.qy = nn.Linear(self.encoder_channels, embedding_dim, bias=bias)
